@@ -1,0 +1,35 @@
+"""effzoo: build, train, measure and compare efficient LLM architecture variants.
+
+    >>> import effzoo
+    >>> model = effzoo.build("gqa", size="tiny")
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .analysis import info
+from .build import build, build_from_config, make_config
+from .config import ModelConfig
+from .errors import ConfigError, EffzooError, PluginError, UnknownNameError
+from .hookspecs import hookimpl
+from .interfaces import Attention, MixContext, MixerBlock, PositionalEncoding, Router, Routing
+from .pretrained import from_pretrained, save_pretrained
+from .registry import REGISTRY, Capabilities, VariantSpec
+
+
+def list_variants(pattern: str = "*", **filters: object) -> list[VariantSpec]:
+    """Registered variants matching ``pattern`` (fnmatch) and capability filters, e.g. ``kv_cache=True``."""
+    return REGISTRY.list_variants(pattern, **filters)
+
+
+def plugin_reports() -> list:
+    """One report per plugin found: name, distribution, version and the error if it failed."""
+    return REGISTRY.ensure_loaded().reports
+
+
+__all__ = [
+    "Attention", "Capabilities", "ConfigError", "EffzooError", "MixContext", "MixerBlock", "ModelConfig",
+    "PluginError", "PositionalEncoding", "REGISTRY", "Router", "Routing", "UnknownNameError", "VariantSpec",
+    "build", "build_from_config", "from_pretrained", "hookimpl", "info", "list_variants", "make_config",
+    "plugin_reports", "save_pretrained", "__version__",
+]

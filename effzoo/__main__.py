@@ -1,0 +1,6 @@
+"""``python -m effzoo`` (works under torchrun: ``torchrun ... -m effzoo train ...``)."""
+import sys
+
+from effzoo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,63 @@
+"""``effzoo info VARIANT --size S``: parameters, FLOPs/token and cache bytes/token."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from effzoo.analysis import info
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("variant")
+    parser.add_argument("--size", default="tiny", help="tiny, small, 0.5B, 1.5B, 3B, MoE 0.5Bx8 (default tiny)")
+    parser.add_argument("--seq-len", type=int, default=2048, help="sequence length for FLOPs/token (default 2048)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. --set position=alibi --set n_kv_heads=1 (repeatable)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, object]:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (JSON values where they parse, else strings)."""
+    from effzoo.errors import ConfigError
+
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {pair!r} is not KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3f}{unit}"
+    return f"{n:g}"
+
+
+def run(args: argparse.Namespace) -> int:
+    stats = info(args.variant, args.size, seq_len=args.seq_len, **parse_overrides(args.set))
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    cfg = stats["config"]
+    print(f"{stats['variant']} {stats['size']}: {cfg['n_layers']} layers, d_model {cfg['d_model']}, "
+          f"{cfg['n_heads']} heads / {cfg['n_kv_heads']} kv heads, position {cfg['position']}, ffn {cfg['ffn']}")
+    rows = [
+        ("parameters", f"{stats['params']:,}"),
+        ("embedding parameters", f"{stats['embedding_params']:,}"),
+        ("non-embedding parameters", f"{stats['non_embedding_params']:,}"),
+        ("active parameters", f"{stats['active_params']:,}"),
+        (f"training FLOPs/token @ {args.seq_len}", _human(stats["train_flops_per_token"])),
+        (f"forward FLOPs/token @ {args.seq_len}", _human(stats["forward_flops_per_token"])),
+        ("KV-cache bytes/token (bf16)", f"{stats['kv_cache_bytes_per_token']:,}"),
+        ("recurrent state bytes/sequence (bf16)", f"{stats['state_bytes_per_sequence']:,}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"  {key.ljust(width)}  {value}")
+    return 0

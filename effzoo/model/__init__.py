@@ -1,0 +1,1 @@
+"""The decoder that assembles registered parts, and its building helpers."""

@@ -1,0 +1,147 @@
+"""The one decoder every variant is assembled into.
+
+    ids -> embedding -> position.embed -> blocks (one MixerBlock per layer) -> norm -> head
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ..cache import ModelCache
+from ..config import ModelConfig
+from ..interfaces import MixContext
+from .parts import build_component, make_norm
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ModelOutput:
+    """Logits (None when not requested), the loss (cross-entropy + auxiliary), and decoding cache."""
+
+    logits: Tensor | None = None
+    loss: Tensor | None = None
+    lm_loss: Tensor | None = None
+    aux_loss: Tensor | None = None
+    cache: ModelCache | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class EffzooModel(nn.Module):
+    """A decoder-only language model built from registered components named in ``config``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.position = build_component("position", config.position, config)
+        self.blocks = nn.ModuleList(
+            build_component("block", kind, config, layer) for layer, kind in enumerate(config.layer_kinds)
+        )
+        self.norm = make_norm(config)
+        self.head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.gradient_checkpointing = False
+
+    # -- weights ---------------------------------------------------------------------------
+    @property
+    def output_weight(self) -> Tensor:
+        return self.embed.weight if self.head is None else self.head.weight
+
+    def init_weights(self) -> None:
+        """Normal(0, init_std) for linear/embedding weights, zero biases, residual outputs scaled by
+        1/sqrt(2·layers) (modules named ``out_proj``/``down_proj``), then each module's own
+        ``_init_weights`` (special parameters) and ``_init_buffers`` (non-persistent buffers)."""
+        std = self.config.init_std
+        residual_std = std / math.sqrt(2 * self.config.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                leaf = name.rsplit(".", 1)[-1]
+                nn.init.normal_(module.weight, 0.0, residual_std if leaf in ("out_proj", "down_proj") else std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, std)
+        for module in self.modules():
+            if module is not self and hasattr(module, "_init_weights"):
+                module._init_weights()
+            if hasattr(module, "_init_buffers"):
+                module._init_buffers()
+
+    def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
+        """Parameter count (shared tensors once). Without embeddings the output head still counts."""
+        seen: set[int] = set()
+        total = 0
+        for name, p in self.named_parameters():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            total += p.numel()
+        if exclude_embeddings:
+            total -= self.embed.weight.numel()
+            total -= sum(p.numel() for n, p in self.position.named_parameters())
+            if self.head is None:  # tied: the head is the embedding matrix, and it does compute
+                total += self.embed.weight.numel()
+        return total
+
+    # -- forward ---------------------------------------------------------------------------
+    def new_cache(self, batch: int, max_len: int | None = None) -> ModelCache:
+        """Empty decoding states for every layer, on the model's device and dtype."""
+        max_len = max_len or self.config.max_seq_len
+        ref = self.embed.weight
+        states = [block.init_state(batch, max_len, ref.device, ref.dtype) for block in self.blocks]
+        return ModelCache(layers=states, max_len=max_len)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        targets: Tensor | None = None,
+        cache: ModelCache | None = None,
+        *,
+        return_logits: bool = True,
+        backend: str | None = None,
+    ) -> ModelOutput:
+        """``input_ids`` (B, T); ``targets`` (B, T) are the next tokens (IGNORE_INDEX = -100 skipped)."""
+        _, length = input_ids.shape
+        offset = cache.offset if cache is not None else 0
+        positions = torch.arange(offset, offset + length, device=input_ids.device)
+        x = self.position.embed(self.embed(input_ids), positions)
+        ctx = MixContext(positions=positions, position=self.position, backend=backend or self.config.attn_backend)
+        for layer, block in enumerate(self.blocks):
+            state = cache.layers[layer] if cache is not None else None
+            if self.gradient_checkpointing and self.training and state is None:
+                x, state = checkpoint(block, x, ctx, None, use_reentrant=False)
+            else:
+                x, state = block(x, ctx, state)
+            if cache is not None:
+                cache.layers[layer] = state
+        if cache is not None:
+            cache.offset += length
+        x = self.norm(x)
+        logits = F.linear(x, self.output_weight) if (return_logits or targets is not None) else None
+        out = ModelOutput(logits=logits if return_logits else None, cache=cache, stats=ctx.stats)
+        if targets is not None:
+            out.lm_loss = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
+            )
+            out.aux_loss = torch.stack(ctx.aux_losses).sum() if ctx.aux_losses else None
+            out.loss = out.lm_loss if out.aux_loss is None else out.lm_loss + out.aux_loss
+        return out
+
+    # -- conveniences ----------------------------------------------------------------------
+    def generate(self, input_ids: Tensor, max_new_tokens: int, **kwargs: Any) -> Tensor:
+        """Greedy (temperature 0) or sampled continuation using the decoding cache."""
+        from .generate import generate
+
+        return generate(self, input_ids, max_new_tokens, **kwargs)
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write ``config.json`` + ``model.safetensors`` atomically (see effzoo.pretrained)."""
+        from ..pretrained import save_pretrained
+
+        save_pretrained(self, directory)

@@ -1,0 +1,128 @@
+"""Scaled dot-product attention with one entry point and three backends.
+
+- ``reference``: plain PyTorch math (the oracle; runs everywhere, float32 softmax).
+- ``sdpa``: ``F.scaled_dot_product_attention`` (flash / cuDNN / efficient / CPU-fused kernels);
+  a bias-type position encoding is passed as a materialised float mask.
+- ``flex``: FlexAttention with the position's ``score_mod`` and a causal block mask (CUDA).
+
+``auto`` picks sdpa when there is no score bias, flex for bias encodings on CUDA without a cache
+offset, and sdpa with a materialised mask otherwise.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..interfaces import PositionalEncoding
+
+BACKENDS = ("auto", "sdpa", "flex", "reference")
+
+
+def _positions(offset: int, length: int, device: torch.device) -> Tensor:
+    return torch.arange(offset, offset + length, device=device)
+
+
+def _bias_and_mask(
+    position: PositionalEncoding | None, q_len: int, k_len: int, causal: bool, device: torch.device
+) -> Tensor | None:
+    """Float (H|1, Tq, Tk) additive mask = position bias + causal -inf, or None when neither applies."""
+    q_pos = _positions(k_len - q_len, q_len, device)
+    k_pos = _positions(0, k_len, device)
+    bias = position.bias(q_pos, k_pos) if position is not None else None
+    if causal and (q_len > 1 or bias is not None):
+        future = k_pos[None, :] > q_pos[:, None]
+        causal_mask = torch.zeros(q_len, k_len, device=device).masked_fill(future, float("-inf"))
+        bias = causal_mask[None] if bias is None else bias.float() + causal_mask
+    return bias
+
+
+def reference_attention(
+    q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True,
+    position: PositionalEncoding | None = None, scale: float | None = None,
+) -> Tensor:
+    """Oracle: q (B, H, Tq, D), k (B, Hk, Tk, D), v (B, Hk, Tk, Dv); queries are the last Tq positions."""
+    heads, kv_heads = q.shape[1], k.shape[1]
+    if heads != kv_heads:
+        k = k.repeat_interleave(heads // kv_heads, dim=1)
+        v = v.repeat_interleave(heads // kv_heads, dim=1)
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    scores = torch.einsum("bhqd,bhkd->bhqk", q.float(), k.float()) * scale
+    mask = _bias_and_mask(position, q.shape[2], k.shape[2], causal, q.device)
+    if mask is not None:
+        scores = scores + mask
+    probs = torch.softmax(scores, dim=-1)
+    return torch.einsum("bhqk,bhkd->bhqd", probs, v.float()).to(q.dtype)
+
+
+def sdpa_attention(
+    q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True,
+    position: PositionalEncoding | None = None, scale: float | None = None,
+) -> Tensor:
+    """``F.scaled_dot_product_attention``; fused kernels when there is no bias and no offset."""
+    q_len, k_len = q.shape[2], k.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    has_bias = position is not None and position.has_bias
+    if not has_bias and (not causal or q_len == k_len or q_len == 1):
+        return F.scaled_dot_product_attention(
+            q, k, v, is_causal=causal and q_len == k_len and q_len > 1, scale=scale, enable_gqa=gqa
+        )
+    mask = _bias_and_mask(position, q_len, k_len, causal, q.device)
+    mask = mask.to(q.dtype) if mask is not None else None
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+
+
+@functools.lru_cache(maxsize=32)
+def _causal_block_mask(q_len: int, k_len: int, device: str):  # type: ignore[no-untyped-def]
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    offset = k_len - q_len
+
+    def causal(b, h, q_idx, kv_idx):  # type: ignore[no-untyped-def]
+        return kv_idx <= q_idx + offset
+
+    return create_block_mask(causal, B=None, H=None, Q_LEN=q_len, KV_LEN=k_len, device=device)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_flex():  # type: ignore[no-untyped-def]
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_attention(
+    q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True,
+    position: PositionalEncoding | None = None, scale: float | None = None, compiled: bool | None = None,
+) -> Tensor:
+    """FlexAttention: the position bias as ``score_mod``, causality as a block mask (skips masked tiles)."""
+    from torch.nn.attention.flex_attention import flex_attention as flex
+
+    if q.shape[2] != k.shape[2] and position is not None and position.has_bias:
+        raise ConfigError("flex backend assumes no cache offset for score_mod biases; use sdpa or reference")
+    score_mod = position.score_mod() if position is not None else None
+    block_mask = _causal_block_mask(q.shape[2], k.shape[2], str(q.device)) if causal else None
+    compiled = q.is_cuda if compiled is None else compiled
+    fn = _compiled_flex() if compiled else flex
+    return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def attend(
+    q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True,
+    position: PositionalEncoding | None = None, scale: float | None = None, backend: str = "auto",
+) -> Tensor:
+    """Attention of queries over keys/values (queries are the last Tq of the Tk positions)."""
+    if backend == "auto":
+        has_bias = position is not None and position.has_bias
+        backend = "flex" if (has_bias and q.is_cuda and q.shape[2] == k.shape[2]) else "sdpa"
+    if backend == "sdpa":
+        return sdpa_attention(q, k, v, causal=causal, position=position, scale=scale)
+    if backend == "flex":
+        return flex_attention(q, k, v, causal=causal, position=position, scale=scale)
+    if backend == "reference":
+        return reference_attention(q, k, v, causal=causal, position=position, scale=scale)
+    raise ConfigError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -1,0 +1,89 @@
+"""Save and load models as ``config.json`` + ``model.safetensors`` (tied weights stored once)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from .config import ModelConfig
+from .errors import ConfigError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+MODEL_TYPE = "effzoo"
+
+
+def config_document(config: ModelConfig) -> dict[str, Any]:
+    """The JSON written to config.json: effzoo's config plus the keys transformers' Auto classes read."""
+    from . import __version__
+
+    return {
+        "model_type": MODEL_TYPE,
+        "architectures": ["EffzooForCausalLM"],
+        "effzoo_version": __version__,
+        "effzoo": config.to_dict(),
+        "vocab_size": config.vocab_size,
+        "tie_word_embeddings": config.tie_embeddings,
+    }
+
+
+def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike[str]) -> Path:
+    """Write the model atomically: everything goes to a temporary sibling folder, then one rename."""
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        (staging / CONFIG_NAME).write_text(json.dumps(config_document(model.config), indent=2, sort_keys=True))
+        save_model(model, str(staging / WEIGHTS_NAME))
+        if target.exists():
+            backup = target.with_name(f".{target.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            target.rename(backup)
+            staging.rename(target)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def read_config(directory: str | os.PathLike[str]) -> ModelConfig:
+    """The effzoo config stored in ``directory/config.json``."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: not a saved effzoo model")
+    document = json.loads(path.read_text())
+    if "effzoo" not in document:
+        raise ConfigError(
+            f"{path} is not an effzoo config (model_type={document.get('model_type')!r}); "
+            "to import a transformers Qwen2/GPT-NeoX checkpoint use effzoo.hf.import_checkpoint"
+        )
+    return ModelConfig.from_dict(document["effzoo"])
+
+
+def from_pretrained(
+    directory: str | os.PathLike[str], *, device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> torch.nn.Module:
+    """Rebuild a model saved by ``save_pretrained`` (every weight must match the config)."""
+    from .build import build_from_config, parse_dtype
+
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    model = build_from_config(read_config(directory), device="meta").to_empty(device=target)
+    for module in model.modules():  # non-persistent buffers (RoPE frequencies, ALiBi slopes)
+        if hasattr(module, "_init_buffers"):
+            module._init_buffers()
+    try:
+        load_model(model, str(Path(directory) / WEIGHTS_NAME), strict=True, device=str(target))
+    except RuntimeError as exc:
+        raise ConfigError(f"weights in {directory} do not match its config.json: {exc}") from exc
+    torch_dtype = parse_dtype(dtype)
+    return model.to(torch_dtype) if torch_dtype is not None else model

@@ -1,0 +1,60 @@
+"""Multi-head attention with grouped keys/values: MHA (groups = heads), GQA (Qwen2.5), MQA (one KV head)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from effzoo.cache import KVCache
+from effzoo.config import ModelConfig
+from effzoo.hookspecs import hookimpl
+from effzoo.interfaces import Attention, MixContext
+from effzoo.ops.attention import attend
+from effzoo.registry import Capabilities
+
+
+class GroupedQueryAttention(Attention):
+    """Fused QKV projection, position rotation, cached keys/values, fused attention kernel."""
+
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.qkv_proj = nn.Linear(cfg.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim, bias=cfg.qkv_bias)
+        self.out_proj = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=cfg.out_bias)
+
+    def forward(self, x: Tensor, ctx: MixContext, cache: KVCache | None = None) -> tuple[Tensor, KVCache | None]:
+        batch, length, _ = x.shape
+        q, k, v = self.qkv_proj(x).split(
+            [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim], dim=-1
+        )
+        q = q.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = ctx.position.rotate(q, ctx.positions), ctx.position.rotate(k, ctx.positions)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        y = attend(q, k, v, causal=True, position=ctx.position, backend=ctx.backend)
+        return self.out_proj(y.transpose(1, 2).reshape(batch, length, -1)), cache
+
+    def init_cache(self, batch: int, max_len: int, device: torch.device, dtype: torch.dtype) -> KVCache:
+        return KVCache(batch, self.n_kv_heads, max_len, self.head_dim, None, device, dtype)
+
+    def cache_bytes_per_token(self, bytes_per_value: int = 2) -> int:
+        return 2 * self.n_kv_heads * self.head_dim * bytes_per_value
+
+    def extra_flops_per_token(self, seq_len: int) -> float:
+        return 4.0 * self.n_heads * self.head_dim * seq_len
+
+
+def gqa(cfg: ModelConfig, layer: int = 0) -> GroupedQueryAttention:
+    return GroupedQueryAttention(cfg, layer)
+
+
+@hookimpl
+def effzoo_register(register: Any) -> None:
+    register.add_attention(
+        "gqa", gqa, aliases=["mha", "mqa", "grouped"],
+        capabilities=Capabilities(fast_path="sdpa/flex"),
+        description="Multi-head attention with n_kv_heads key/value groups (MHA, GQA, MQA)",
+    )

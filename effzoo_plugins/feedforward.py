@@ -1,0 +1,51 @@
+"""Dense feed-forward networks: SwiGLU (Qwen2.5 / Llama) and GELU MLP (GPT-NeoX / Pythia)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from effzoo.config import ModelConfig
+from effzoo.hookspecs import hookimpl
+from effzoo.interfaces import MixContext
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)), gate and up fused into one projection."""
+
+    def __init__(self, d_model: int, hidden: int, bias: bool = False) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.gate_up_proj = nn.Linear(d_model, 2 * hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, d_model, bias=bias)
+
+    def forward(self, x: Tensor, ctx: MixContext | None = None) -> Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class GeluMLP(nn.Module):
+    """down(gelu(up(x))) with biases, as GPT-NeoX."""
+
+    def __init__(self, d_model: int, hidden: int, bias: bool = True) -> None:
+        super().__init__()
+        self.up_proj = nn.Linear(d_model, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, d_model, bias=bias)
+
+    def forward(self, x: Tensor, ctx: MixContext | None = None) -> Tensor:
+        return self.down_proj(F.gelu(self.up_proj(x)))
+
+
+def swiglu(cfg: ModelConfig, layer: int = 0) -> SwiGLU:
+    return SwiGLU(cfg.d_model, cfg.ffn_hidden, cfg.mlp_bias)
+
+
+def gelu(cfg: ModelConfig, layer: int = 0) -> GeluMLP:
+    return GeluMLP(cfg.d_model, cfg.ffn_hidden, cfg.mlp_bias)
+
+
+@hookimpl
+def effzoo_register(register: Any) -> None:
+    register.add_ffn("swiglu", swiglu, description="SwiGLU feed-forward (Shazeer 2020), Qwen2.5 default")
+    register.add_ffn("gelu", gelu, aliases=["mlp"], description="Two-layer GELU MLP (GPT-NeoX)")

@@ -1,0 +1,179 @@
+"""Positional encodings: RoPE, ALiBi, learned relative bias, sinusoidal absolute, learned absolute, none."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from effzoo.config import ModelConfig
+from effzoo.errors import ConfigError
+from effzoo.hookspecs import hookimpl
+from effzoo.interfaces import PositionalEncoding, ScoreMod
+
+RELATIVE_MAX_DISTANCE = 128
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+class RotaryEncoding(PositionalEncoding):
+    """RoPE (Su et al. 2021) on the first ``rotary_dim`` head dimensions, half-split layout (Qwen2, NeoX)."""
+
+    kind = "rotary"
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.rotary_dim = cfg.rotary_dim
+        self.theta = cfg.rope_theta
+        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
+
+    def _inv_freq(self) -> Tensor:
+        exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.float32) / self.rotary_dim
+        return 1.0 / (self.theta ** exponents)
+
+    def _init_buffers(self) -> None:
+        self.inv_freq = self._inv_freq().to(self.inv_freq.device)
+
+    def rotate(self, x: Tensor, positions: Tensor) -> Tensor:
+        angles = positions.float()[:, None] * self.inv_freq[None, :]
+        emb = torch.cat((angles, angles), dim=-1)
+        cos, sin = emb.cos(), emb.sin()
+        rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim:]
+        rotated = (rot.float() * cos + rotate_half(rot.float()) * sin).to(x.dtype)
+        return rotated if rest.shape[-1] == 0 else torch.cat((rotated, rest), dim=-1)
+
+
+def alibi_slopes(n_heads: int) -> Tensor:
+    """Head slopes of ALiBi (Press et al. 2022), including the rule for non-power-of-two head counts."""
+    def power_of_two_slopes(n: int) -> list[float]:
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    closest = 2 ** math.floor(math.log2(n_heads))
+    slopes = power_of_two_slopes(closest)
+    if closest != n_heads:
+        slopes += power_of_two_slopes(2 * closest)[0::2][: n_heads - closest]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+class ALiBi(PositionalEncoding):
+    """Attention with Linear Biases: score += slope_h · (k − q); no parameters."""
+
+    kind = "bias"
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.register_buffer("slopes", alibi_slopes(cfg.n_heads), persistent=False)
+
+    def _init_buffers(self) -> None:
+        self.slopes = alibi_slopes(self.n_heads).to(self.slopes.device)
+
+    def bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
+        distance = (k_positions[None, :] - q_positions[:, None]).float()
+        return self.slopes[:, None, None] * distance[None]
+
+    def score_mod(self) -> ScoreMod:
+        slopes = self.slopes
+
+        def alibi(score, b, h, q_idx, kv_idx):  # type: ignore[no-untyped-def]
+            return score + slopes[h] * (kv_idx - q_idx)
+
+        return alibi
+
+
+class RelativeBias(PositionalEncoding):
+    """Learned per-head bias indexed by the clipped distance k − q (|k − q| ≤ 128), shared by all layers."""
+
+    kind = "bias"
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.max_distance = int(cfg.opt("relative_max_distance", RELATIVE_MAX_DISTANCE))
+        self.std = cfg.init_std
+        self.table = nn.Parameter(torch.zeros(2 * self.max_distance + 1, cfg.n_heads))
+
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.table, 0.0, self.std)
+
+    def _index(self, distance: Tensor) -> Tensor:
+        return distance.clamp(-self.max_distance, self.max_distance) + self.max_distance
+
+    def bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
+        distance = k_positions[None, :] - q_positions[:, None]
+        return self.table[self._index(distance)].permute(2, 0, 1)
+
+    def score_mod(self) -> ScoreMod:
+        table, limit = self.table, self.max_distance
+
+        def relative(score, b, h, q_idx, kv_idx):  # type: ignore[no-untyped-def]
+            index = torch.clamp(kv_idx - q_idx, -limit, limit) + limit
+            return score + table[index, h]
+
+        return relative
+
+
+class SinusoidalEncoding(PositionalEncoding):
+    """Fixed sinusoidal absolute encoding (Vaswani et al. 2017) added to the embeddings; any length."""
+
+    kind = "embedding"
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.d_model = cfg.d_model
+
+    def embed(self, x: Tensor, positions: Tensor) -> Tensor:
+        half = self.d_model // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
+        angles = positions.float()[:, None] * freqs[None, :]
+        table = torch.zeros(positions.shape[0], self.d_model, device=x.device)
+        table[:, 0 : 2 * half : 2] = angles.sin()
+        table[:, 1 : 2 * half : 2] = angles.cos()
+        return x + table.to(x.dtype)
+
+
+class LearnedAbsolute(PositionalEncoding):
+    """A learned table of ``max_seq_len`` absolute position embeddings added to the token embeddings."""
+
+    kind = "embedding"
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.table = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+
+    def embed(self, x: Tensor, positions: Tensor) -> Tensor:
+        if positions.numel() and int(positions[-1]) >= self.table.num_embeddings:
+            raise ConfigError(
+                f"position {int(positions[-1])} is beyond the learned table ({self.table.num_embeddings} positions); "
+                "build with a larger max_seq_len"
+            )
+        return x + self.table(positions)[None].to(x.dtype)
+
+
+class NoPosition(PositionalEncoding):
+    """No positional information (NoPE): causal masking alone orders the tokens."""
+
+    kind = "none"
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+
+
+@hookimpl
+def effzoo_register(register) -> None:  # type: ignore[no-untyped-def]
+    register.add_position("rope", RotaryEncoding, aliases=["rotary"],
+                          description="Rotary position embedding on q/k (RoFormer); Qwen2.5 default")
+    register.add_position("alibi", ALiBi, description="Linear per-head distance bias on attention scores (Press et al.)")
+    register.add_position(
+        "relative", RelativeBias, aliases=["relative_position", "learned_relative"],
+        options={"relative_max_distance": RELATIVE_MAX_DISTANCE},
+        description="Learned per-head bias over clipped relative distance (max 128), as the EfficientLLM scripts",
+    )
+    register.add_position("absolute", SinusoidalEncoding, aliases=["sinusoidal", "absolute_sinusoidal"],
+                          description="Fixed sinusoidal absolute encoding added to embeddings")
+    register.add_position("learned", LearnedAbsolute, aliases=["learnable_absolute", "learnable", "learned_absolute"],
+                          description="Learned absolute position embeddings (max_seq_len entries)")
+    register.add_position("none", NoPosition, aliases=["nope"], description="No positional encoding")
