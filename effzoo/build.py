@@ -80,6 +80,12 @@ def make_config(variant: str, size: str = "tiny", **overrides: Any) -> ModelConf
         values["layers"] = [REGISTRY.canonical("block", k) for k in values["layers"]]
     if str(values["ffn"]).lower() != "none":
         values["ffn"] = REGISTRY.canonical("ffn", values["ffn"])
+    supported = spec.capabilities.positions
+    if supported is not None and values["position"] not in supported:
+        raise ConfigError(
+            f"variant {spec.name!r} does not support position {values['position']!r}; "
+            f"supported: {', '.join(supported)}"
+        )
     components = _selected_components(values)
     declared: dict[str, Any] = {}
     for component in components:

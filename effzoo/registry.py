@@ -28,6 +28,7 @@ class Capabilities:
     needs_cuda: bool = False
     fast_path: str | None = None
     moe: bool = False
+    positions: tuple[str, ...] | None = None  # supported position encodings; None = every one
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
