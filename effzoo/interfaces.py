@@ -65,6 +65,7 @@ class MixContext:
     backend: str = "auto"  # attention kernel: auto | sdpa | flex | reference
     aux_losses: list[Tensor] = field(default_factory=list)  # e.g. MoE balance losses, added to the loss
     stats: dict[str, Any] = field(default_factory=dict)  # per-layer metrics (router entropy, ...)
+    carry: dict[str, Any] = field(default_factory=dict)  # tensors a layer hands to later layers of this pass
 
     @property
     def offset(self) -> int:
@@ -128,11 +129,11 @@ class MixerBlock(nn.Module, ABC):
 class Routing:
     """A router's decision for N tokens over E experts, top-k each."""
 
-    weights: Tensor  # (N, k) combine weights (renormalised over the kept experts)
+    weights: Tensor  # (N, k) combine weights (renormalised over the k choices), 0 where dropped
     experts: Tensor  # (N, k) expert index per slot
     keep: Tensor  # (N, k) bool: False where capacity dropped the assignment
     aux_loss: Tensor  # scalar, already multiplied by its coefficients
-    stats: dict[str, Tensor] = field(default_factory=dict)
+    stats: dict[str, Tensor] = field(default_factory=dict)  # detached metrics, e.g. tokens_per_expert
 
 
 class Router(nn.Module, ABC):

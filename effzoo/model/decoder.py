@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from ..cache import ModelCache
 from ..config import ModelConfig
 from ..interfaces import MixContext
+from ..ops.linear_cross_entropy import linear_cross_entropy
 from .parts import build_component, make_norm
 
 IGNORE_INDEX = -100
@@ -123,12 +124,15 @@ class EffzooModel(nn.Module):
         if cache is not None:
             cache.offset += length
         x = self.norm(x)
-        logits = F.linear(x, self.output_weight) if (return_logits or targets is not None) else None
-        out = ModelOutput(logits=logits if return_logits else None, cache=cache, stats=ctx.stats)
+        logits = F.linear(x, self.output_weight) if return_logits else None
+        out = ModelOutput(logits=logits, cache=cache, stats=ctx.stats)
         if targets is not None:
-            out.lm_loss = F.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
-            )
+            if logits is None:  # chunked head + loss: the full logits are never materialised
+                out.lm_loss = linear_cross_entropy(x.reshape(-1, x.shape[-1]), self.output_weight, targets.reshape(-1))
+            else:
+                out.lm_loss = F.cross_entropy(
+                    logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
+                )
             out.aux_loss = torch.stack(ctx.aux_losses).sum() if ctx.aux_losses else None
             out.loss = out.lm_loss if out.aux_loss is None else out.lm_loss + out.aux_loss
         return out

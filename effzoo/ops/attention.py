@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +67,10 @@ def sdpa_attention(
     """``F.scaled_dot_product_attention``; fused kernels when there is no bias and no offset."""
     q_len, k_len = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
+    if gqa and not q.is_cuda:  # CPU kernels handle enable_gqa (and strided cache views) very slowly
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+        gqa = False
     has_bias = position is not None and position.has_bias
     if not has_bias and (not causal or q_len == k_len or q_len == 1):
         return F.scaled_dot_product_attention(
@@ -111,6 +116,16 @@ def flex_attention(
     return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
 
 
+# Extra backends installed at run time (e.g. the NPU adapter's ``npu_fusion``), same signature as
+# ``sdpa_attention``; see :func:`register_backend`.
+EXTRA_BACKENDS: dict[str, Callable[..., Tensor]] = {}
+
+
+def register_backend(name: str, fn: Callable[..., Tensor]) -> None:
+    """Make ``attend(..., backend=name)`` call ``fn(q, k, v, causal=, position=, scale=)``."""
+    EXTRA_BACKENDS[name] = fn
+
+
 def attend(
     q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True,
     position: PositionalEncoding | None = None, scale: float | None = None, backend: str = "auto",
@@ -125,4 +140,6 @@ def attend(
         return flex_attention(q, k, v, causal=causal, position=position, scale=scale)
     if backend == "reference":
         return reference_attention(q, k, v, causal=causal, position=position, scale=scale)
-    raise ConfigError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend in EXTRA_BACKENDS:
+        return EXTRA_BACKENDS[backend](q, k, v, causal=causal, position=position, scale=scale)
+    raise ConfigError(f"unknown attention backend {backend!r}; choose one of {', '.join((*BACKENDS, *EXTRA_BACKENDS))}")

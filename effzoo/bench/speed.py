@@ -1,0 +1,56 @@
+"""Measurements a benchmark row needs besides training: decode throughput (IT) and a training
+throughput sweep over sequence lengths."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..build import build, parse_dtype
+from .timing import synchronize, timed
+
+
+def decode_throughput(
+    model: torch.nn.Module, *, prompt_len: int = 128, new_tokens: int = 256, batch: int = 1, repeat: int = 3,
+) -> float:
+    """Greedy generation tokens/s (new tokens only, prefill included in the time) with the model's cache."""
+    device = next(model.parameters()).device
+    vocab = model.config.vocab_size
+    limit = model.config.max_seq_len
+    prompt_len = min(prompt_len, max(1, limit // 4))
+    new_tokens = min(new_tokens, limit - prompt_len)
+    prompt = torch.randint(0, vocab, (batch, prompt_len), device=device,
+                           generator=torch.Generator(device=device).manual_seed(0))
+    seconds = timed(lambda: model.generate(prompt, new_tokens), device, warmup=1, repeat=repeat)
+    return batch * new_tokens / seconds
+
+
+def training_throughput(
+    variant: str, size: str, seq_lens: list[int], *, tokens_per_batch: int, device: str = "cpu",
+    dtype: str | None = None, steps: int = 3, **overrides: Any,
+) -> list[tuple[int, float]]:
+    """(seq_len, tokens/s) of forward+backward+AdamW steps at a fixed number of tokens per batch.
+
+    ``dtype`` is the autocast dtype on CUDA (weights stay float32); on CPU the step runs in float32.
+    """
+    target = torch.device(device)
+    max_len = max(seq_lens)
+    model = build(variant, size, device=target, max_seq_len=max(max_len, 16), **overrides)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    autocast_dtype = parse_dtype(dtype) if target.type != "cpu" else None
+    results = []
+    for seq_len in seq_lens:
+        batch = max(1, tokens_per_batch // seq_len)
+        ids = torch.randint(0, model.config.vocab_size, (batch, seq_len + 1), device=target)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(target.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                loss = model(ids[:, :-1], targets=ids[:, 1:], return_logits=False).loss
+            loss.backward()
+            optimizer.step()
+
+        seconds = timed(step, target, warmup=1, repeat=steps)
+        results.append((seq_len, batch * seq_len / seconds))
+    synchronize(target)
+    return results

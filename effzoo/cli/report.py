@@ -1,0 +1,45 @@
+"""``effzoo report``: rebuild the tables and plots from finished benchmark folders or training runs."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from effzoo.bench.runner import ROW_NAME, write_report
+from effzoo.errors import EffzooError
+from effzoo.metrics.summary import SUMMARY_NAME
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sources", nargs="+", help="benchmark output folders (results.json) or training run folders")
+    parser.add_argument("--out", default="runs/report", help="where to write tables and plots")
+
+
+def rows_from(source: Path) -> list[dict[str, Any]]:
+    """Rows of a benchmark folder (refreshed from each run's bench_row.json) or of one training run."""
+    results = source / "results.json"
+    if results.exists():
+        rows = []
+        for row in json.loads(results.read_text()):
+            fresh = Path(row.get("run_dir", "")) / ROW_NAME
+            rows.append({**row, **json.loads(fresh.read_text())} if fresh.exists() else row)
+        return rows
+    summary = source / SUMMARY_NAME
+    if summary.exists():
+        m = json.loads(summary.read_text())
+        return [{
+            "group": "runs", "method": source.name, "variant": m.get("variant"), "size": m.get("size"),
+            "params": m.get("params"), "context_length": m.get("seq_len"), "ppl": m.get("ppl"),
+            "amu_gb": m.get("amu_gb"), "al_s_per_iter": m.get("al_s"), "tt": m.get("tt"), "aec_w": m.get("aec_w"),
+            "gpu_hours": m.get("gpu_hours"), "mfu": m.get("mfu"), "tokens_per_s": m.get("tokens_per_s"),
+            "peak_memory_gb": m.get("peak_memory_gb"), "run_dir": str(source), "status": "ok",
+        }]
+    raise EffzooError(f"{source} has neither results.json (a benchmark folder) nor {SUMMARY_NAME} (a training run)")
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = [row for source in args.sources for row in rows_from(Path(source))]
+    paths = write_report(rows, Path(args.out))
+    print("\n".join(str(p) for p in paths))
+    return 0

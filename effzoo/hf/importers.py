@@ -1,0 +1,101 @@
+"""``import_checkpoint``: a transformers checkpoint directory -> an effzoo model with the same outputs.
+
+Each supported ``model_type`` has a converter module with ``to_config(hf_config) -> ModelConfig``
+and ``to_state_dict(cursor, config) -> dict`` (see :mod:`effzoo.hf.qwen2`, :mod:`effzoo.hf.gpt_neox`).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..build import build_from_config, parse_dtype
+from ..config import ModelConfig
+from ..errors import ConfigError, UnknownNameError
+from ..pretrained import CONFIG_NAME, MODEL_TYPE, from_pretrained
+from ..sizes import canonical_count
+from .checkpoint import TensorCursor, read_weights
+
+CONVERTERS = {"qwen2": "effzoo.hf.qwen2", "gpt_neox": "effzoo.hf.gpt_neox"}
+
+
+def unsupported(model_type: str, what: str) -> ConfigError:
+    """The error for a checkpoint feature effzoo cannot reproduce exactly."""
+    return ConfigError(f"cannot import this {model_type} checkpoint: {what} is not supported by effzoo")
+
+
+def rope_settings(hf_config: Any, model_type: str) -> tuple[float, float]:
+    """(rope_theta, partial_rotary_factor) of plain RoPE; scaled variants (YaRN, linear, ...) are rejected."""
+    params = dict(getattr(hf_config, "rope_parameters", None) or {})
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type != "default":
+        raise unsupported(model_type, f"rope scaling (rope_type={rope_type!r})")
+    theta = params.get("rope_theta", getattr(hf_config, "rope_theta", None))
+    if theta is None:
+        raise unsupported(model_type, "a config without rope_theta")
+    return float(theta), float(params.get("partial_rotary_factor", 1.0))
+
+
+def _model_type(directory: Path) -> str:
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: not a transformers or effzoo checkpoint directory")
+    try:
+        return str(json.loads(path.read_text()).get("model_type"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def import_checkpoint(
+    directory: str | os.PathLike[str], dtype: str | torch.dtype | None = None, *,
+    device: str | torch.device | None = None,
+) -> torch.nn.Module:
+    """Load a transformers checkpoint directory (Qwen2 -> ``gqa``, GPT-NeoX -> ``pythia``) or an
+    effzoo one as an ``EffzooModel``. ``dtype=None`` keeps the checkpoint's dtype."""
+    directory = Path(directory)
+    model_type = _model_type(directory)
+    if model_type == MODEL_TYPE:
+        return from_pretrained(directory, device=device, dtype=dtype)
+    if model_type not in CONVERTERS:
+        raise UnknownNameError("checkpoint model_type", model_type, [*CONVERTERS, MODEL_TYPE])
+    from transformers import AutoConfig
+
+    converter = importlib.import_module(CONVERTERS[model_type])
+    hf_config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
+    config = converter.to_config(hf_config)
+    tensors = read_weights(directory)
+    cursor = TensorCursor(tensors, source=f"{model_type} checkpoint {directory}")
+    state = converter.to_state_dict(cursor, config)
+    torch_dtype = parse_dtype(dtype) or tensors_dtype(state)
+    return _materialise(config, state, torch_dtype, device)
+
+
+def tensors_dtype(state: dict[str, torch.Tensor]) -> torch.dtype:
+    """The floating dtype most of the checkpoint's parameters use."""
+    counts: dict[torch.dtype, int] = {}
+    for tensor in state.values():
+        if tensor.is_floating_point():
+            counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.numel()
+    return max(counts, key=counts.__getitem__) if counts else torch.float32
+
+
+def _materialise(config: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype,
+                 device: str | torch.device | None) -> torch.nn.Module:
+    """Build ``config`` without initialising it, then copy the converted tensors in (strictly)."""
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    model = build_from_config(config, device="meta", dtype=dtype).to_empty(device=target)
+    for module in model.modules():
+        if hasattr(module, "_init_buffers"):
+            module._init_buffers()
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ConfigError(
+            f"converted checkpoint does not fit the effzoo model: missing {result.missing_keys}, "
+            f"unexpected {result.unexpected_keys}"
+        )
+    model.config.size = canonical_count(model.num_parameters())
+    return model

@@ -1,0 +1,73 @@
+"""Output head + cross-entropy without materialising the full logits.
+
+``linear_cross_entropy(hidden, weight, targets)`` equals
+``F.cross_entropy((hidden @ weight.T).float(), targets, ignore_index=-100)`` (mean over kept tokens)
+but walks the tokens in chunks: each chunk's logits are computed, turned into the loss and its
+gradients (softmax − one-hot) right away, and freed. The forward pass therefore stores only the
+gradients of ``hidden`` and ``weight`` (no recomputation in backward), and peak memory holds one
+chunk of logits instead of tokens × vocabulary floats (5 GB at batch 4 × 2048 × 151,936 in fp32).
+Matmuls run in the autocast dtype when autocast is on, the softmax in fp32.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+IGNORE_INDEX = -100
+CHUNK_ELEMENTS = 1 << 27  # fp32 logits per chunk: 512 MB
+
+
+def chunk_rows(vocab_size: int, elements: int = CHUNK_ELEMENTS) -> int:
+    """Tokens per chunk so a chunk of fp32 logits holds about ``elements`` values (multiple of 128)."""
+    return max(128, (elements // vocab_size) // 128 * 128)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, rows: int,  # type: ignore[override]
+                compute_dtype: torch.dtype) -> Tensor:
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        valid = targets != IGNORE_INDEX
+        count = valid.sum().clamp(min=1).float()
+        safe_targets = targets.clamp(min=0)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+        w = weight.to(compute_dtype)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, hidden.shape[0], rows):
+                stop = min(start + rows, hidden.shape[0])
+                h = hidden[start:stop].to(compute_dtype)
+                t = safe_targets[start:stop, None]
+                keep = valid[start:stop]
+                logits = (h @ w.T).float()
+                lse = torch.logsumexp(logits, dim=-1)
+                total += ((lse - logits.gather(1, t)[:, 0]) * keep).sum()
+                if not (need_hidden or need_weight):
+                    continue
+                probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                probs.scatter_add_(1, t, torch.full_like(t, -1, dtype=probs.dtype))
+                probs.mul_((keep / count)[:, None])
+                g = probs.to(compute_dtype)
+                if need_hidden:
+                    grad_hidden[start:stop] = (g @ w).to(hidden.dtype)
+                if need_weight:
+                    grad_weight += (g.T @ h).float()
+        ctx.save_for_backward(*(t for t in (grad_hidden, grad_weight) if t is not None))
+        ctx.weight_dtype = weight.dtype
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):  # type: ignore[override]
+        saved = list(ctx.saved_tensors)
+        grad_hidden = saved.pop(0) * grad_output if ctx.needs_input_grad[0] else None
+        grad_weight = (saved.pop(0) * grad_output).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
+        return grad_hidden, grad_weight, None, None, None
+
+
+def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, rows: int | None = None) -> Tensor:
+    """Mean cross-entropy of ``hidden`` (N, d) @ ``weight`` (V, d).T against ``targets`` (N,)."""
+    device_type = hidden.device.type
+    autocast_on = torch.is_autocast_enabled(device_type)
+    compute_dtype = torch.get_autocast_dtype(device_type) if autocast_on else hidden.dtype
+    return _LinearCrossEntropy.apply(hidden, weight, targets, rows or chunk_rows(weight.shape[0]), compute_dtype)

@@ -1,0 +1,325 @@
+"""The training loop, top to bottom: settings -> data -> model -> optimizer -> resume -> steps -> summary.
+
+Everything device-specific is behind ``effzoo.backends`` (the adapter); everything multi-process is
+in ``distributed.py``; checkpoint files in ``checkpoint.py``; the metrics in ``effzoo.metrics``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..backends import BackendAdapter, get_backend
+from ..build import build_from_config, make_config
+from ..config import ModelConfig
+from ..errors import ConfigError, EffzooError
+from ..analysis import model_stats
+from ..data.atomic import write_json
+from ..metrics import DeviceSampler, RunCounters, StepLogger, progress_line, summarize, write_summary
+from ..metrics.flops import mfu
+from .checkpoint import find_checkpoint, list_checkpoints, load_checkpoint, remove_stale, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .distributed import (
+    DistInfo, all_reduce_mean, env_info, gather_objects, init_distributed, setup_logging, shutdown, wrap_ddp, wrap_fsdp,
+)
+from .optim import WarmupCosine, build_optimizer
+
+LOG = logging.getLogger("effzoo.train")
+
+
+class TrainingError(EffzooError):
+    """Training stopped: repeated non-finite losses, or out of device memory."""
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns: the run folder, the ``metrics.json`` summary and this session's losses."""
+
+    out: Path
+    metrics: dict[str, Any]
+    losses: list[float] = field(default_factory=list)
+    val_losses: dict[int, float] = field(default_factory=dict)
+    final_step: int = 0
+    checkpoint: Path | None = None
+
+
+# -- setup, all checked before any model is built ---------------------------------------------
+def resolve_model_config(config: TrainConfig, vocab_size: int, seq_len: int | None) -> ModelConfig:
+    """The variant's config with the user's overrides, a vocabulary that fits the data, and room for
+    ``seq_len`` positions."""
+    overrides = dict(config.model)
+    preset = make_config(config.variant, config.size, **overrides)
+    if preset.vocab_size < vocab_size:
+        if "vocab_size" in overrides:
+            raise ConfigError(f"vocab_size={preset.vocab_size} (from --set) is smaller than the data's vocabulary "
+                              f"({vocab_size} tokens); remove the override or use data from a smaller tokenizer")
+        overrides["vocab_size"] = -(-vocab_size // 64) * 64  # round up: friendlier matmul shapes
+    if seq_len is not None and seq_len > preset.max_seq_len:
+        overrides["max_seq_len"] = seq_len
+    return make_config(config.variant, config.size, **overrides) if overrides != config.model else preset
+
+
+def open_training_data(config: TrainConfig) -> Any:
+    """``open_dataset(--data)``, or the embedded corpus when no data is given."""
+    from ..data import embedded_dataset, open_dataset
+
+    return open_dataset(config.data) if config.data else embedded_dataset()
+
+
+def oom_message(config: TrainConfig, micro_batch: int, seq_len: int, adapter: BackendAdapter) -> str:
+    in_use = adapter.memory_in_use() / 1e9
+    return (
+        f"out of memory on {adapter.describe()} with micro-batch {micro_batch} x seq-len {seq_len} "
+        f"(global batch {config.batch_size}, grad accumulation {config.grad_accum}, dtype {config.dtype}, "
+        f"{in_use:.1f} GB held). Try a smaller micro-batch (raise --grad-accum to keep the global batch), "
+        "--activation-checkpointing, --fsdp across several devices, or a shorter --seq-len."
+    )
+
+
+def seed_everything(seed: int, adapter: BackendAdapter) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    adapter.manual_seed(seed)
+
+
+# -- the public entry point --------------------------------------------------------------------
+def train(config: TrainConfig | dict[str, Any]) -> TrainResult:
+    """Train ``config.variant`` and return the run summary. Launch under torchrun for several devices."""
+    if isinstance(config, dict):
+        config = TrainConfig.from_dict(config)
+    info = env_info()
+    config.validate(info.world_size)
+    make_config(config.variant, config.size, **config.model)  # unknown variant/size/key: fail now
+    out = config.out_dir
+    if config.resume is None and list_checkpoints(out):
+        raise ConfigError(f"{out} already holds checkpoints; pass --resume latest to continue that run "
+                          "or choose another --out")
+    if config.resume is not None:
+        find_checkpoint(out, config.resume)
+    dataset = open_training_data(config)
+    model_config = resolve_model_config(config, dataset.vocab_size, config.seq_len)
+    adapter = get_backend(config.backend, info.local_rank, config.peak_tflops)
+    if config.compile and not adapter.compile_supported:
+        raise ConfigError(f"--compile is not available on the {adapter.name} backend (torch.compile is off there)")
+    setup_logging(info, config.quiet)
+    adapter.set_device()
+    init_distributed(info, adapter.dist_backend, adapter.device)
+    try:
+        return _run(config, info, adapter, dataset, model_config)
+    finally:
+        shutdown()
+
+
+def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: Any,
+         model_config: ModelConfig) -> TrainResult:
+    out = config.out_dir
+    seq_len = config.seq_len or min(adapter.default_seq_len, model_config.max_seq_len)
+    amp_dtype = adapter.resolve_dtype(config.dtype)
+    seed_everything(config.seed, adapter)
+
+    # model: fp32 weights on the device, platform kernels, then compile / shard / replicate
+    model = build_from_config(model_config, device=adapter.device)
+    kernels = adapter.prepare_model(model)
+    model.gradient_checkpointing = config.activation_checkpointing
+    stats = model_stats(model, seq_len)
+    params, flops_per_token = int(stats["params"]), float(stats["train_flops_per_token"])
+    if config.compile:
+        for block in model.blocks:
+            block.compile()
+    is_ddp = info.enabled and not config.fsdp
+    if config.fsdp and info.enabled:
+        model = wrap_fsdp(model, amp_dtype if amp_dtype != torch.float32 else None)
+    elif config.fsdp:
+        LOG.warning("--fsdp with a single process: nothing to shard, training unsharded")
+    elif is_ddp:
+        model = wrap_ddp(model, adapter.device)
+    attn_backend = adapter.attention_backend if model_config.attn_backend == "auto" else None
+
+    optimizer = build_optimizer(model, lr=config.lr, betas=(config.beta1, config.beta2),
+                                weight_decay=config.weight_decay, eps=config.eps, device_type=adapter.device.type)
+    scaler = adapter.grad_scaler(amp_dtype)
+    total_steps = config.total_steps(seq_len)
+    schedule = WarmupCosine(optimizer, lr=config.lr, min_lr=config.min_lr,
+                            warmup=config.warmup(total_steps), total=total_steps)
+    micro = config.micro_batch(info.world_size)
+    loader = dataset.loader("train", seq_len, micro, rank=info.rank, world_size=info.world_size,
+                            seed=config.seed, mode=config.data_mode, device=adapter.device)
+    eval_enabled = len(dataset.val) > seq_len
+    if not eval_enabled:
+        LOG.warning("validation split has %d tokens, fewer than seq-len %d + 1: validation is off",
+                    len(dataset.val), seq_len)
+
+    # resume: weights, optimizer, schedule, scaler, data position and random generators
+    start_step, previous_wall = 0, 0.0
+    if config.resume is not None:
+        path = find_checkpoint(out, config.resume)
+        state = load_checkpoint(path, model=model, optimizer=optimizer, info=info)
+        schedule.load_state_dict(state["scheduler"])
+        loader.load_state_dict(state["loader"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        adapter.set_rng_state(set_rng_state(state["rng"]))
+        start_step, previous_wall = int(state["step"]), float(state.get("wall_s", 0.0))
+        LOG.info("resumed from %s (step %d)", path, start_step)
+    if info.is_main:
+        remove_stale(out)
+    logger = StepLogger(out, enabled=info.is_main, tensorboard=config.tensorboard,
+                        resume_step=start_step if config.resume is not None else None)
+    if info.is_main:
+        write_json(out / "train_config.json", config.to_dict())
+    peak, peak_source = adapter.peak_flops(amp_dtype)
+    global_tokens = config.batch_size * seq_len
+    LOG.info("training %s %s (%s params) on %s x%d | dtype %s | seq %d | global batch %d = %d x %d devices x %d "
+             "accum | %d steps%s", config.variant, config.size, f"{params:,}", adapter.describe(), info.world_size,
+             str(amp_dtype).removeprefix("torch."), seq_len, config.batch_size, micro, info.world_size,
+             config.grad_accum, total_steps, f" | kernels: {', '.join(kernels)}" if kernels else "")
+
+    def checkpoint(step: int, bad_steps: int, elapsed: float) -> Path | None:
+        trainer_state = {"scheduler": schedule.state_dict(), "loader": loader.state_dict(),
+                         "scaler": scaler.state_dict() if scaler is not None else None,
+                         "train_config": config.to_dict(), "wall_s": previous_wall + elapsed, "bad_steps": bad_steps}
+        return save_checkpoint(out, step, model=model, optimizer=optimizer, trainer_state=trainer_state,
+                               rng=rng_state(adapter.rng_state()), info=info, keep=config.keep_checkpoints)
+
+    # the loop
+    counters, losses, val_losses = RunCounters(), [], {}
+    bad_steps, last_checkpoint, dt_avg = 0, None, None
+    sampler = DeviceSampler(adapter, config.sample_interval).start()
+    adapter.reset_peak_memory()
+    run_start = last_time = time.perf_counter()
+    model.train()
+    for step in range(start_step, total_steps):
+        done = step + 1
+        lr = schedule.apply(step)
+        loss_sum = torch.zeros((), device=adapter.device)
+        try:
+            for micro_step in range(config.grad_accum):
+                inputs, targets = next(loader)
+                sync = model.no_sync() if is_ddp and micro_step < config.grad_accum - 1 else contextlib.nullcontext()
+                with sync:
+                    with adapter.autocast(amp_dtype):
+                        output = model(inputs, targets, return_logits=not config.fused_loss, backend=attn_backend)
+                    loss = output.loss / config.grad_accum
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                loss_sum += loss.detach()
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            grad_norm = _clip(model, config.grad_clip)
+        except torch.OutOfMemoryError as exc:
+            raise TrainingError(oom_message(config, micro, seq_len, adapter)) from exc
+        readback = torch.stack([loss_sum.float(), grad_norm.float()])
+        comm_s = None
+        if info.enabled:  # the trainer's own collective, timed between device synchronisations
+            adapter.synchronize()
+            comm_start = time.perf_counter()
+            all_reduce_mean(readback, info)
+            adapter.synchronize()
+            comm_s = time.perf_counter() - comm_start
+        loss_value, norm_value = readback.tolist()  # the one host synchronisation per step
+        loss_ok = math.isfinite(loss_value)
+        if loss_ok and (math.isfinite(norm_value) or scaler is not None):
+            if scaler is not None:
+                scaler.step(optimizer)
+            else:
+                optimizer.step()
+            bad_steps = 0
+        else:
+            bad_steps += 1
+            counters.skipped_steps += 1
+            LOG.warning("step %d: non-finite loss %s / grad norm %s; update skipped (%d in a row)",
+                        done, loss_value, norm_value, bad_steps)
+        if scaler is not None:
+            scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+        now = time.perf_counter()
+        dt, last_time = now - last_time, now
+        timed = step > start_step or total_steps - start_step == 1
+        counters.add_step(dt, global_tokens, config.batch_size, comm_s, timed)
+        counters.last_loss = loss_value
+        losses.append(loss_value)
+        dt_avg = dt if dt_avg is None else 0.9 * dt_avg + 0.1 * dt
+        record = {
+            "kind": "train", "step": done, "tokens": done * global_tokens, "loss": loss_value, "lr": lr,
+            "grad_norm": norm_value, "dt_s": dt, "tokens_per_s": global_tokens / dt,
+            "mfu": mfu(global_tokens / dt, flops_per_token, peak, info.world_size),
+            "memory_gb": adapter.memory_in_use() / 1e9, "skipped": not (loss_ok and bad_steps == 0),
+            "elapsed_s": now - run_start,
+        }
+        logger.write(record)
+        if done % config.log_every == 0 or done == total_steps or step == start_step:
+            LOG.info(progress_line(record, total_steps, (total_steps - done) * dt_avg))
+
+        if bad_steps >= config.max_bad_steps:
+            path = checkpoint(done, bad_steps, time.perf_counter() - run_start)
+            raise TrainingError(
+                f"loss was non-finite for {bad_steps} consecutive steps (last at step {done}); stopped with a "
+                f"checkpoint in {path or out}. Lower --lr, check the data, or train with --dtype bf16/fp32."
+            )
+        paused = False
+        if eval_enabled and ((config.eval_every and done % config.eval_every == 0) or done == total_steps):
+            val_loss = evaluate(model, dataset, seq_len, micro, config, info, adapter, amp_dtype, attn_backend)
+            val_losses[done] = counters.val_loss = val_loss
+            logger.write({"kind": "val", "step": done, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 80))})
+            LOG.info("step %d | val loss %.4f | val ppl %.2f", done, val_loss, math.exp(min(val_loss, 80)))
+            paused = True
+        if (config.ckpt_every and done % config.ckpt_every == 0) or done == total_steps:
+            last_checkpoint = checkpoint(done, bad_steps, time.perf_counter() - run_start)
+            paused = True
+        if paused:  # evaluation and checkpoints are not part of the next step's time
+            adapter.synchronize()
+            last_time = time.perf_counter()
+
+    # summary: every rank's device samples, combined on rank 0
+    wall = time.perf_counter() - run_start
+    summaries = gather_objects(sampler.stop(), info)
+    peaks = gather_objects(adapter.peak_memory(), info)
+    run_facts = {
+        "variant": config.variant, "size": config.size, "backend": adapter.name, "device": adapter.device_name(),
+        "dtype": str(amp_dtype).removeprefix("torch."), "seq_len": seq_len, "global_batch": config.batch_size,
+        "micro_batch": micro, "grad_accum": config.grad_accum, "total_steps": total_steps,
+        "final_step": max(start_step, total_steps), "resumed_from": start_step if config.resume is not None else None,
+        "fsdp": bool(config.fsdp and info.enabled), "compile": config.compile, "kernels": kernels,
+        "non_embedding_params": int(stats["non_embedding_params"]),
+    }
+    metrics = summarize(counters=counters, samples=summaries, peak_memory=peaks, run=run_facts, params=params,
+                        flops_per_token=flops_per_token, peak_flops=peak, peak_flops_source=peak_source,
+                        world_size=info.world_size, wall_s=wall, previous_wall_s=previous_wall)
+    if info.is_main:
+        write_summary(out, metrics)
+    logger.close()
+    return TrainResult(out=out, metrics=metrics, losses=losses, val_losses=val_losses,
+                       final_step=max(start_step, total_steps), checkpoint=last_checkpoint)
+
+
+def _clip(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm (``max_norm`` 0 = measure only); a plain tensor also under FSDP."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"), foreach=True)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Any, seq_len: int, micro: int, config: TrainConfig, info: DistInfo,
+             adapter: BackendAdapter, amp_dtype: torch.dtype, attn_backend: str | None) -> float:
+    """Mean validation loss over the first ``eval_batches`` batches of the validation split (fixed order)."""
+    loader = dataset.loader("val", seq_len, micro, rank=info.rank, world_size=info.world_size, seed=0,
+                            mode="packed", shuffle=False, device=adapter.device)
+    model.eval()
+    total = torch.zeros((), device=adapter.device)
+    for _ in range(config.eval_batches):
+        inputs, targets = next(loader)
+        with adapter.autocast(amp_dtype):
+            total += model(inputs, targets, return_logits=False, backend=attn_backend).lm_loss.float()
+    model.train()
+    return float(all_reduce_mean(total / config.eval_batches, info))

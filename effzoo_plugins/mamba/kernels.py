@@ -1,0 +1,139 @@
+"""Which scan/convolution implementation runs: feature detection and dispatch.
+
+Backends (block option ``ssm_backend``):
+
+- ``reference``: pure PyTorch (:mod:`.ssd_reference`, :mod:`.selective_scan_reference`), any device;
+- ``triton``: effzoo's own chunked-SSD Triton kernels (Mamba-2 only; CUDA, or CPU under
+  ``TRITON_INTERPRET=1``), no compile step;
+- ``mamba_ssm``: the ``mamba-ssm`` / ``causal-conv1d`` kernels (``pip install 'effzoo[kernels]'``,
+  compiled against your CUDA toolkit);
+- ``auto``: ``mamba_ssm`` on CUDA when importable, else ``triton`` on CUDA (Mamba-2), else reference.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from effzoo.errors import ConfigError
+
+BACKENDS = ("auto", "reference", "triton", "mamba_ssm")
+INSTALL_HINT = (
+    "install the CUDA kernels with `pip install 'effzoo[kernels]'` (equivalently "
+    "`pip install mamba-ssm causal-conv1d --no-build-isolation`; they compile against the installed torch "
+    "and CUDA toolkit), or use ssm_backend='triton' / 'reference'"
+)
+
+
+@functools.cache
+def _import_error(module: str) -> str | None:
+    """None when ``module`` imports (compiled extensions included), else why it does not."""
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # a missing or broken CUDA extension raises ImportError/OSError/RuntimeError
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def mamba_ssm_missing() -> str | None:
+    """Why the mamba-ssm kernels are unusable (None when they import)."""
+    for module in ("mamba_ssm.ops.triton.ssd_combined", "mamba_ssm.ops.selective_scan_interface"):
+        error = _import_error(module)
+        if error:
+            return f"mamba-ssm is not usable ({error}); {INSTALL_HINT}"
+    return None
+
+
+def causal_conv1d_missing() -> str | None:
+    """Why the causal-conv1d kernel is unusable (None when it imports)."""
+    error = _import_error("causal_conv1d")
+    return None if error is None else f"causal-conv1d is not usable ({error}); {INSTALL_HINT}"
+
+
+def fla_missing() -> str | None:
+    """Why flash-linear-attention is unusable (benchmarks compare against it; never required)."""
+    error = _import_error("fla.ops.simple_gla")
+    return None if error is None else (
+        f"flash-linear-attention is not usable ({error}); `pip install 'effzoo[fla]'`")
+
+
+def triton_missing(device: torch.device) -> str | None:
+    """Why effzoo's Triton kernels cannot run on ``device`` (None when they can)."""
+    if _import_error("triton"):
+        return "triton is not installed; `pip install triton` (it ships with CUDA builds of torch)"
+    if device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    return f"the Triton kernels need a CUDA device (or TRITON_INTERPRET=1 on CPU), got {device.type}"
+
+
+def resolve_backend(requested: str, device: torch.device, *, has_triton_kernel: bool) -> str:
+    """The backend that will run for ``requested`` on ``device``; explicit requests that cannot run raise."""
+    if requested not in BACKENDS:
+        raise ConfigError(f"unknown ssm_backend {requested!r}; choose one of {', '.join(BACKENDS)}")
+    if requested == "auto":
+        if device.type != "cuda":
+            return "reference"
+        if mamba_ssm_missing() is None:
+            return "mamba_ssm"
+        return "triton" if has_triton_kernel and triton_missing(device) is None else "reference"
+    if requested == "mamba_ssm":
+        why = mamba_ssm_missing() or (None if device.type == "cuda" else "mamba-ssm kernels need a CUDA device")
+        if why:
+            raise ConfigError(f"ssm_backend='mamba_ssm' cannot run: {why}")
+    if requested == "triton":
+        if not has_triton_kernel:
+            raise ConfigError("ssm_backend='triton' exists for Mamba-2 (SSD) only; Mamba-1 uses "
+                              "'mamba_ssm' (CUDA) or 'reference'")
+        why = triton_missing(device)
+        if why:
+            raise ConfigError(f"ssm_backend='triton' cannot run: {why}")
+    return requested
+
+
+def ssd_function(backend: str) -> Callable[..., tuple[Tensor, Tensor]]:
+    """``f(x, dt, A, B, C, chunk_size, initial_state) -> (y, final_state)`` for a resolved backend."""
+    if backend == "triton":
+        from .triton_ssd import ssd_chunked_triton
+
+        return ssd_chunked_triton
+    if backend == "mamba_ssm":
+        return _ssd_mamba_ssm
+    from .ssd_reference import ssd_chunked
+
+    return ssd_chunked
+
+
+def _ssd_mamba_ssm(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
+                   initial_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+    y, final = mamba_chunk_scan_combined(
+        x, dt, A, B, C, chunk_size, initial_states=initial_state, return_final_states=True)
+    return y, final.float()
+
+
+def selective_scan_mamba_ssm(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                             initial_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Mamba-1 scan by mamba-ssm's CUDA kernel (layout (batch, channels, T)); no initial state."""
+    if initial_state is not None:
+        raise ConfigError("mamba-ssm's selective_scan_fn does not take an initial state; "
+                          "prefill a cache with ssm_backend='reference'")
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    def channels_first(t: Tensor) -> Tensor:  # the kernel wants (batch, channels, T) in the input dtype
+        return t.to(x.dtype).transpose(1, 2).contiguous()
+
+    y, final = selective_scan_fn(channels_first(x), channels_first(dt), A.float(), channels_first(B),
+                                 channels_first(C), return_last_state=True)
+    return y.transpose(1, 2), final.float()
+
+
+def causal_conv1d_cuda(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """SiLU(causal depthwise conv) of ``x`` (batch, channels, T) by the causal-conv1d kernel."""
+    from causal_conv1d import causal_conv1d_fn
+
+    return causal_conv1d_fn(x, weight, bias, activation="silu")

@@ -1,0 +1,93 @@
+"""The Mamba-1 mixer (Gu & Dao 2023): selective scan with per-channel, per-state decay."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from effzoo.config import ModelConfig
+from effzoo.interfaces import MixContext
+
+from .kernels import causal_conv1d_missing, resolve_backend, selective_scan_mamba_ssm
+from .parts import MambaState, causal_conv, check, init_conv, init_dt_bias
+from .selective_scan_reference import selective_scan_parallel, selective_scan_step
+
+MAMBA1_D_STATE = 16
+
+
+class Mamba1Mixer(nn.Module):
+    """(B, T, d_model) -> (B, T, d_model): x/z projection, causal conv, input-dependent dt/B/C, scan."""
+
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
+        super().__init__()
+        self.d_state = int(cfg.opt("d_state") or MAMBA1_D_STATE)
+        self.d_conv, self.d_inner = int(cfg.opt("d_conv")), int(cfg.opt("expand")) * cfg.d_model
+        self.dt_rank = int(cfg.opt("dt_rank") or math.ceil(cfg.d_model / 16))
+        self.scan_chunk = int(cfg.opt("chunk_size"))
+        self.dt_range = (float(cfg.opt("dt_min")), float(cfg.opt("dt_max")))
+        self.backend = str(cfg.opt("ssm_backend"))
+        check(min(self.d_state, self.d_conv, self.dt_rank, self.scan_chunk, self.d_inner) > 0,
+              "d_state, d_conv, dt_rank, chunk_size and expand must be positive")
+        self.in_proj = nn.Linear(cfg.d_model, 2 * self.d_inner, bias=False)
+        self.conv_weight = nn.Parameter(torch.empty(self.d_inner, self.d_conv))
+        self.conv_bias = nn.Parameter(torch.empty(self.d_inner))
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * self.d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.empty(self.d_inner, self.d_state))
+        self.D = nn.Parameter(torch.empty(self.d_inner))
+        self.out_proj = nn.Linear(self.d_inner, cfg.d_model, bias=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        init_conv(self.conv_weight, self.conv_bias)
+        bound = self.dt_rank ** -0.5
+        nn.init.uniform_(self.dt_proj.weight, -bound, bound)
+        init_dt_bias(self.dt_proj.bias, *self.dt_range)
+        with torch.no_grad():
+            ranks = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
+            self.A_log.copy_(ranks.log().expand_as(self.A_log))  # S4D-real: A = -(1, 2, ..., N)
+        nn.init.ones_(self.D)
+
+    def resolved_backend(self, device: torch.device, ctx: MixContext | None = None) -> str:
+        requested = "reference" if ctx is not None and ctx.backend == "reference" else self.backend
+        return resolve_backend(requested, device, has_triton_kernel=False)
+
+    def forward(self, x: Tensor, ctx: MixContext | None = None,
+                state: MambaState | None = None) -> tuple[Tensor, MambaState | None]:
+        backend = self.resolved_backend(x.device, ctx)
+        xs, z = self.in_proj(x).chunk(2, dim=-1)
+        fused_conv = backend == "mamba_ssm" and causal_conv1d_missing() is None
+        xs, conv_state = causal_conv(xs, self.conv_weight, self.conv_bias,
+                                     state.conv if state is not None else None, fused=fused_conv)
+        dt, B, C = self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(self.dt_proj(dt).float())
+        A = -torch.exp(self.A_log.float())
+        if state is not None and x.shape[1] == 1:
+            y, ssm = selective_scan_step(xs[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], state.ssm)
+            y = y[:, None]
+        elif backend == "mamba_ssm" and (state is None or state.tokens == 0):
+            y, ssm = selective_scan_mamba_ssm(xs, dt, A, B, C)
+        else:
+            initial = state.ssm if state is not None else None
+            y, ssm = selective_scan_parallel(xs, dt, A, B, C, initial, chunk_size=self.scan_chunk)
+        y = (y + xs * self.D.to(xs.dtype)) * F.silu(z)
+        out = self.out_proj(y)
+        if state is not None:
+            state = MambaState(conv=conv_state, ssm=ssm, tokens=state.tokens + x.shape[1])
+        return out, state
+
+    def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> MambaState:
+        return MambaState(
+            conv=torch.zeros(batch, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
+            ssm=torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=torch.float32),
+        )
+
+    def state_bytes(self, bytes_per_value: int = 2) -> int:
+        """Conv window in the model dtype plus the SSM state, always float32."""
+        return self.d_inner * (self.d_conv - 1) * bytes_per_value + 4 * self.d_inner * self.d_state
+
+    def extra_flops_per_token(self) -> float:
+        """The scan (decay, update and read-out: about 7 FLOPs per channel and state), conv and skip."""
+        return 7.0 * self.d_inner * self.d_state + 2.0 * self.d_inner * self.d_conv + 4.0 * self.d_inner

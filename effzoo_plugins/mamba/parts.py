@@ -1,0 +1,82 @@
+"""Pieces both Mamba mixers share: the decoding state, the causal depthwise convolution, dt init."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from effzoo.errors import ConfigError
+
+
+@dataclass
+class MambaState:
+    """Constant-size decoding state of one Mamba layer.
+
+    ``conv``: the last ``d_conv - 1`` convolution inputs (batch, channels, d_conv - 1) in the model dtype;
+    ``ssm``: the recurrent state in float32; ``tokens``: how many tokens it has consumed.
+    """
+
+    conv: Tensor
+    ssm: Tensor
+    tokens: int = 0
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise a ConfigError naming the Mamba option problem."""
+    if not condition:
+        raise ConfigError(f"mamba: {message}")
+
+
+def causal_conv(x: Tensor, weight: Tensor, bias: Tensor | None, conv_state: Tensor | None,
+                fused: bool = False) -> tuple[Tensor, Tensor | None]:
+    """SiLU of the causal depthwise convolution of ``x`` (batch, T, channels) with ``weight``
+    (channels, width). With ``conv_state`` (the previous ``width - 1`` inputs) the sequence continues it
+    and the new state is returned; ``fused`` uses the causal-conv1d CUDA kernel (no state)."""
+    width = weight.shape[-1]
+    xt = x.transpose(1, 2)
+    if conv_state is None:
+        if fused:
+            from .kernels import causal_conv1d_cuda
+
+            return causal_conv1d_cuda(xt.contiguous(), weight, bias).transpose(1, 2), None
+        y = F.conv1d(xt, weight[:, None, :], bias, padding=width - 1, groups=weight.shape[0])[..., : x.shape[1]]
+        return F.silu(y).transpose(1, 2), None
+    full = torch.cat([conv_state.to(x.dtype), xt], dim=-1)
+    y = F.conv1d(full, weight[:, None, :], bias, groups=weight.shape[0])
+    return F.silu(y).transpose(1, 2), full[..., full.shape[-1] - (width - 1):]
+
+
+def init_conv(weight: Tensor, bias: Tensor | None) -> None:
+    """Uniform(±1/sqrt(width)) like a depthwise ``nn.Conv1d``."""
+    bound = 1.0 / math.sqrt(weight.shape[-1])
+    nn.init.uniform_(weight, -bound, bound)
+    if bias is not None:
+        nn.init.uniform_(bias, -bound, bound)
+
+
+def init_dt_bias(bias: Tensor, dt_min: float, dt_max: float, floor: float = 1e-4) -> None:
+    """Set ``bias`` so that softplus(bias) is log-uniform in [dt_min, dt_max] (the Mamba step-size init)."""
+    with torch.no_grad():
+        log_dt = torch.rand_like(bias, dtype=torch.float32) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        dt = log_dt.exp().clamp(min=floor)
+        bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
+
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm of ``y · silu(z)`` per group of channels (Mamba-2's output norm)."""
+
+    def __init__(self, dim: int, groups: int = 1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.groups, self.eps = groups, eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, y: Tensor, z: Tensor) -> Tensor:
+        gated = (y * F.silu(z)).unflatten(-1, (self.groups, -1))
+        normed = F.rms_norm(gated, (gated.shape[-1],), eps=self.eps).flatten(-2)
+        return normed * self.weight
+
+    def _init_weights(self) -> None:
+        nn.init.ones_(self.weight)

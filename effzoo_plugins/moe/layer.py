@@ -1,0 +1,73 @@
+"""The MoE feed-forward: a router, E SwiGLU experts run by grouped GEMMs, an optional shared expert."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from effzoo.config import ModelConfig
+from effzoo.errors import ConfigError
+from effzoo.interfaces import MixContext
+from effzoo.model.parts import build_component
+from effzoo_plugins.feedforward import SwiGLU
+
+from .dispatch import BACKENDS, moe_swiglu
+
+
+class GroupedExperts(nn.Module):
+    """E bias-free SwiGLU experts stored as stacked weights in ``nn.Linear`` layout."""
+
+    def __init__(self, n_experts: int, d_model: int, hidden: int, init_std: float, residual_std: float) -> None:
+        super().__init__()
+        self.init_std, self.residual_std = init_std, residual_std
+        self.gate_up_proj = nn.Parameter(torch.empty(n_experts, 2 * hidden, d_model))  # gate rows, then up rows
+        self.down_proj = nn.Parameter(torch.empty(n_experts, d_model, hidden))
+
+    def params_per_expert(self) -> int:
+        return (self.gate_up_proj.numel() + self.down_proj.numel()) // self.gate_up_proj.shape[0]
+
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.gate_up_proj, 0.0, self.init_std)
+        nn.init.normal_(self.down_proj, 0.0, self.residual_std)
+
+
+class MoEFeedForward(nn.Module):
+    """x -> Σ_k weight_k · expert_k(x) (+ shared expert(x)); aux loss and per-layer stats go to ``ctx``."""
+
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_experts, self.top_k = int(cfg.opt("n_experts")), int(cfg.opt("top_k"))
+        hidden = int(cfg.opt("moe_ffn_hidden"))
+        shared = int(cfg.opt("shared_expert_hidden", 0))
+        self.backend = str(cfg.opt("moe_backend", "auto"))
+        if hidden <= 0 or shared < 0:
+            raise ConfigError(f"moe_ffn_hidden must be positive and shared_expert_hidden >= 0, got {hidden}, {shared}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown moe_backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        self.router = build_component("router", cfg.opt("router", "topk"), cfg, layer)
+        if (self.router.n_experts, self.router.top_k) != (self.n_experts, self.top_k):
+            raise ConfigError(f"router {cfg.opt('router')!r} does not route to n_experts={self.n_experts}, top_k={self.top_k}")
+        residual_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        self.experts = GroupedExperts(self.n_experts, cfg.d_model, hidden, cfg.init_std, residual_std)
+        self.shared_expert = SwiGLU(cfg.d_model, shared, cfg.mlp_bias) if shared else None
+
+    def forward(self, x: Tensor, ctx: MixContext | None = None) -> Tensor:
+        tokens = x.reshape(-1, x.shape[-1])
+        routing = self.router(tokens)
+        out = moe_swiglu(tokens, routing, self.experts.gate_up_proj, self.experts.down_proj, self.backend)
+        if self.shared_expert is not None:
+            out = out + self.shared_expert(tokens)
+        if ctx is not None:
+            ctx.aux_losses.append(routing.aux_loss)
+            ctx.stats.update({f"moe.layer{self.layer}.{name}": value for name, value in routing.stats.items()})
+        return out.view_as(x)
+
+    def inactive_params(self) -> int:
+        """Expert weights a token does not use: (E - k) experts."""
+        return (self.n_experts - self.top_k) * self.experts.params_per_expert()
+
+
+def moe_ffn(cfg: ModelConfig, layer: int = 0) -> MoEFeedForward:
+    return MoEFeedForward(cfg, layer)

@@ -1,0 +1,108 @@
+"""Which implementation computes the RWKV-7 recurrence: feature detection and dispatch.
+
+``rwkv_kernel`` choices:
+
+- ``auto``: flash-linear-attention's ``chunk_rwkv7`` on CUDA when installed, else effzoo's Triton
+  chunk scan on CUDA, else the PyTorch chunked form; a single decoding token uses the recurrence.
+- ``fla``: flash-linear-attention (``pip install 'effzoo[fla]'``); CUDA only.
+- ``triton``: effzoo's own kernels (:mod:`effzoo_plugins.rwkv.triton_chunk`).
+- ``torch``: the chunked PyTorch form (any device; the CPU training path).
+- ``sequential``: the per-token oracle (slow; for checking).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from effzoo.errors import ConfigError
+
+from .reference import wkv7_chunked, wkv7_sequential
+
+KERNELS = ("auto", "fla", "triton", "torch", "sequential")
+LOG_DECAY_BOUND = -math.exp(-0.5)  # the block's log decay lies in (LOG_DECAY_BOUND, 0)
+FLA_MISSING = (
+    "flash-linear-attention is not installed, so its chunk_rwkv7 kernel is unavailable; "
+    "install it with `pip install 'effzoo[fla]'` (pure Python + Triton, needs a CUDA GPU), "
+    "or use rwkv_kernel='triton' / 'torch'"
+)
+
+
+def has_fla() -> bool:
+    """Whether flash-linear-attention can be imported (checked without importing it)."""
+    return importlib.util.find_spec("fla") is not None
+
+
+def has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+@functools.cache
+def fla_chunk_rwkv7() -> Callable[..., tuple[Tensor, Tensor]]:
+    """flash-linear-attention's ``chunk_rwkv7`` (raises ImportError with install advice when missing)."""
+    try:
+        from fla.ops.rwkv7 import chunk_rwkv7
+    except ImportError as exc:
+        reason = FLA_MISSING if not has_fla() else f"flash-linear-attention is installed but failed to import: {exc}"
+        raise ImportError(reason) from exc
+    return chunk_rwkv7
+
+
+def _fla_accepts_lower_bound() -> bool:
+    return "lower_bound" in inspect.signature(fla_chunk_rwkv7()).parameters
+
+
+def resolve_kernel(kernel: str, device_type: str, length: int, key_dim: int, value_dim: int) -> str:
+    """The concrete implementation ``kernel`` means here (raises ConfigError when it cannot run)."""
+    if kernel not in KERNELS:
+        raise ConfigError(f"unknown rwkv_kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    if kernel == "auto":
+        if length == 1:
+            return "sequential"
+        if device_type == "cuda" and has_fla():
+            return "fla"
+        if device_type == "cuda" and has_triton():
+            from .triton_chunk import supports
+
+            if supports(key_dim, value_dim):
+                return "triton"
+        return "torch"
+    if kernel == "fla" and device_type != "cuda":
+        raise ConfigError(f"rwkv_kernel='fla' needs CUDA tensors, got {device_type}; use 'torch' on this device")
+    if kernel == "fla" and not has_fla():
+        raise ConfigError(FLA_MISSING)
+    if kernel == "triton" and not has_triton():
+        raise ConfigError("rwkv_kernel='triton' needs the triton package (`pip install 'effzoo[cuda]'`)")
+    return kernel
+
+
+def wkv7(
+    r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor | None,
+    *, kernel: str = "auto", chunk_size: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Run the recurrence (inputs (B, T, H, K), ``w`` = log decay) with the chosen implementation.
+
+    ``chunk_size`` None picks 32 tokens for the PyTorch form and 64 for the Triton scan.
+    """
+    device = v.device.type
+    chosen = resolve_kernel(kernel, device, k.shape[1], k.shape[-1], v.shape[-1])
+    if chosen == "fla":
+        extra = {"lower_bound": LOG_DECAY_BOUND} if _fla_accepts_lower_bound() else {}
+        r, w, k, a, b = (t.to(v.dtype) for t in (r, w, k, a, b))
+        return fla_chunk_rwkv7()(
+            r, w, k, v, a, b, scale=1.0, initial_state=None if state is None else state.float(),
+            output_final_state=True, **extra,
+        )
+    with torch.autocast(device, enabled=False):  # the chunked algebra needs float32 matmuls
+        if chosen == "sequential":
+            return wkv7_sequential(r, w, k, v, a, b, state)
+        if chosen == "torch":
+            return wkv7_chunked(r, w, k, v, a, b, state, chunk_size or 32)
+        from .triton_chunk import wkv7_triton
+
+        return wkv7_triton(r, w, k, v, a, b, state, chunk_size=chunk_size or 64)
