@@ -33,6 +33,14 @@ class KVCache:
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
 
+    def write(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Static-shape update: store (B, H, T, D) keys/values in the slots ``positions`` (T,) (a device
+        tensor; slot i holds position i) and return the whole buffers. ``length`` is not tracked here:
+        the caller masks unwritten slots by causality (see effzoo.model.fast_decode)."""
+        self.k.index_copy_(2, positions, k.to(self.k.dtype))
+        self.v.index_copy_(2, positions, v.to(self.v.dtype))
+        return self.k, self.v
+
 
 @dataclass
 class ModelCache:

@@ -44,6 +44,9 @@ class PositionalEncoding(nn.Module, ABC):
         """Additive score bias of shape (H, Tq, Tk) for the given absolute positions, or None."""
         return None
 
+    def check_positions(self, end: int) -> None:
+        """Raise ConfigError if positions up to ``end`` (exclusive, a host int) cannot be encoded."""
+
     def score_mod(self) -> ScoreMod | None:
         """The same bias as a FlexAttention ``score_mod(score, b, h, q_idx, kv_idx)``, or None.
 
@@ -66,10 +69,13 @@ class MixContext:
     aux_losses: list[Tensor] = field(default_factory=list)  # e.g. MoE balance losses, added to the loss
     stats: dict[str, Any] = field(default_factory=dict)  # per-layer metrics (router entropy, ...)
     carry: dict[str, Any] = field(default_factory=dict)  # tensors a layer hands to later layers of this pass
+    # Static-shape decoding (effzoo.model.fast_decode): absolute positions of the keys attention sees,
+    # e.g. every slot of a preallocated cache. None: the dynamic layout (queries are the last of the keys).
+    kv_positions: Tensor | None = None
 
     @property
     def offset(self) -> int:
-        """Number of tokens already consumed by the cache before this call."""
+        """Number of tokens already consumed by the cache before this call (a host sync: eager paths only)."""
         return int(self.positions[0]) if self.positions.numel() else 0
 
 
@@ -91,6 +97,11 @@ class Attention(nn.Module, ABC):
     def extra_flops_per_token(self, seq_len: int) -> float:
         """Forward FLOPs per token beyond 2 x parameters (score and value products)."""
         return 0.0
+
+    def supports_static_decode(self) -> bool:
+        """True if, when ``ctx.kv_positions`` is set, the layer writes its cache in place at the device
+        positions ``ctx.positions`` and attends at those positions with no host sync (CUDA-graph safe)."""
+        return False
 
 
 class MixerBlock(nn.Module, ABC):
@@ -123,6 +134,12 @@ class MixerBlock(nn.Module, ABC):
     def inactive_params(self) -> int:
         """Parameters not used by any single token (MoE experts a token is not routed to)."""
         return 0
+
+    def supports_static_decode(self) -> bool:
+        """True if the block honours ``ctx.kv_positions`` (see ``Attention.supports_static_decode``):
+        state updated in place at device positions, static shapes, no host sync. Default False: the
+        fast decoder then falls back to the eager cached path for the whole model."""
+        return False
 
 
 @dataclass

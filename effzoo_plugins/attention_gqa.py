@@ -32,10 +32,15 @@ class GroupedQueryAttention(Attention):
         k = k.view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = ctx.position.rotate(q, ctx.positions), ctx.position.rotate(k, ctx.positions)
+        static = ctx.kv_positions is not None  # static-shape decoding: whole cache, device positions
         if cache is not None:
-            k, v = cache.append(k, v)
-        y = attend(q, k, v, causal=True, position=ctx.position, backend=ctx.backend)
+            k, v = cache.write(k, v, ctx.positions) if static else cache.append(k, v)
+        y = attend(q, k, v, causal=True, position=ctx.position, backend=ctx.backend,
+                   q_positions=ctx.positions if static else None, k_positions=ctx.kv_positions)
         return self.out_proj(y.transpose(1, 2).reshape(batch, length, -1)), cache
+
+    def supports_static_decode(self) -> bool:
+        return True
 
     def init_cache(self, batch: int, max_len: int, device: torch.device, dtype: torch.dtype) -> KVCache:
         return KVCache(batch, self.n_kv_heads, max_len, self.head_dim, None, device, dtype)

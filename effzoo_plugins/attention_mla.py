@@ -139,6 +139,12 @@ class LatentCache:
         self.length = end
         return self.entries[:, :, :end]
 
+    def write(self, entries: Tensor, positions: Tensor) -> Tensor:
+        """Static-shape update: store (B, 1, T, width) entries at slots ``positions`` (T,), return the whole
+        buffer; unwritten slots are masked by causality (see ``MixContext.kv_positions``)."""
+        self.entries.index_copy_(2, positions, entries.to(self.entries.dtype))
+        return self.entries
+
 
 def equalise_head_dims(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Zero-pad V (or Q and K) so all three share one head dim: scores and outputs are unchanged,
@@ -192,12 +198,15 @@ class MultiHeadLatentAttention(Attention):
 
     # -- attention ---------------------------------------------------------------------------
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, ctx: MixContext) -> Tensor:
+        """Causal attention scaled by the qk head dims, with head dims padded to equal where configured."""
         v_dim = v.shape[-1]
         k, v = k.to(q.dtype), v.to(q.dtype)  # no-op unless autocast left the cache or norm in another dtype
         pad = self.pad_v if self.pad_v != "auto" else (q.is_cuda and ctx.backend != "reference")
         if pad:
             q, k, v = equalise_head_dims(q, k, v)
-        y = attend(q, k, v, causal=True, position=ctx.position, scale=self.dims.qk ** -0.5, backend=ctx.backend)
+        static = ctx.kv_positions is not None
+        y = attend(q, k, v, causal=True, position=ctx.position, scale=self.dims.qk ** -0.5, backend=ctx.backend,
+                   q_positions=ctx.positions if static else None, k_positions=ctx.kv_positions)
         return y[..., :v_dim]
 
     def attend_materialised(self, q_nope: Tensor, q_rope: Tensor, entries: Tensor, ctx: MixContext) -> Tensor:
@@ -226,10 +235,13 @@ class MultiHeadLatentAttention(Attention):
         if cache is None:
             y = self.attend_materialised(q_nope, q_rope, entries, ctx)
         else:
-            entries = cache.append(entries)
+            entries = cache.write(entries, ctx.positions) if ctx.kv_positions is not None else cache.append(entries)
             path = self.attend_absorbed if self.absorb else self.attend_materialised
             y = path(q_nope, q_rope, entries, ctx)
         return self.out_proj(y.transpose(1, 2).reshape(batch, length, -1)), cache
+
+    def supports_static_decode(self) -> bool:
+        return True
 
     # -- accounting --------------------------------------------------------------------------
     def init_cache(self, batch: int, max_len: int, device: torch.device, dtype: torch.dtype) -> LatentCache:

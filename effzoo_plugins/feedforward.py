@@ -24,6 +24,10 @@ class SwiGLU(nn.Module):
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
+    def supports_static_decode(self) -> bool:
+        """Static shapes, no host sync: safe inside a captured decoding step."""
+        return True
+
 
 class GeluMLP(nn.Module):
     """down(gelu(up(x))) with biases, as GPT-NeoX."""
@@ -35,6 +39,10 @@ class GeluMLP(nn.Module):
 
     def forward(self, x: Tensor, ctx: MixContext | None = None) -> Tensor:
         return self.down_proj(F.gelu(self.up_proj(x)))
+
+    def supports_static_decode(self) -> bool:
+        """Static shapes, no host sync: safe inside a captured decoding step."""
+        return True
 
 
 def swiglu(cfg: ModelConfig, layer: int = 0) -> SwiGLU:

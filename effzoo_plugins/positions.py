@@ -144,12 +144,15 @@ class LearnedAbsolute(PositionalEncoding):
         super().__init__()
         self.table = nn.Embedding(cfg.max_seq_len, cfg.d_model)
 
-    def embed(self, x: Tensor, positions: Tensor) -> Tensor:
-        if positions.numel() and int(positions[-1]) >= self.table.num_embeddings:
+    def check_positions(self, end: int) -> None:
+        if end > self.table.num_embeddings:
             raise ConfigError(
-                f"position {int(positions[-1])} is beyond the learned table ({self.table.num_embeddings} positions); "
+                f"position {end - 1} is beyond the learned table ({self.table.num_embeddings} positions); "
                 "build with a larger max_seq_len"
             )
+
+    def embed(self, x: Tensor, positions: Tensor) -> Tensor:
+        """No host-side bound check here (the decoder calls ``check_positions`` with host ints)."""
         return x + self.table(positions)[None].to(x.dtype)
 
 

@@ -54,6 +54,11 @@ class TransformerBlock(MixerBlock):
         inactive = getattr(self.ffn, "inactive_params", None)
         return inactive() if inactive is not None else 0
 
+    def supports_static_decode(self) -> bool:
+        """The attention must support it, and the FFN (if any) must declare it (dense FFNs do; MoE does not)."""
+        ffn_ok = self.ffn is None or getattr(self.ffn, "supports_static_decode", lambda: False)()
+        return self.mixer.supports_static_decode() and ffn_ok
+
 
 def transformer_block(cfg: ModelConfig, layer: int = 0) -> TransformerBlock:
     return TransformerBlock(cfg, layer)

@@ -128,7 +128,7 @@ def test_summary_is_consistent_across_ranks():
 def test_mfu_and_progress_line():
     assert mfu(1000.0, 6e9, 989e12, 1) == pytest.approx(6e12 / 989e12)
     assert mfu(1000.0, 6e9, None, 1) is None
-    record = {"step": 12, "loss": 5.12345, "lr": 1e-4, "dt_s": 0.0452, "tokens_per_s": 12345.6, "mfu": 0.0321}
+    record = {"step": 12, "loss": 5.12341, "lr": 1e-4, "dt_s": 0.0452, "tokens_per_s": 12345.6, "mfu": 0.0321}
     line = progress_line(record, 20, 65)
     assert line == "step 12/20 | loss 5.1234 | lr 1.00e-04 | dt 45.2ms | tok/s 12,346 | mfu 3.21% | eta 0:01:05"
     assert "mfu -" in progress_line({**record, "mfu": None}, 20, 0)

@@ -90,6 +90,21 @@ def test_cached_decoding_equals_full_forward(position, absorb):
     torch.testing.assert_close(chunked, full, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("absorb", [True, False], ids=["absorbed", "materialised"])
+def test_static_shape_decoding_equals_full_forward(absorb):
+    """Explicit device positions (the fast decoder's path): writes at slots, attends over the whole cache."""
+    model = small_mla(position="alibi", mla_absorb=absorb).eval()
+    ids = tokens(2, 9)
+    cache = model.new_cache(2, 12)
+    with torch.no_grad():
+        full = model(ids).logits
+        pieces = [model(ids[:, :5], cache=cache, positions=torch.arange(5)).logits]
+        pieces += [model(ids[:, t:t + 1], cache=cache, positions=torch.tensor([t])).logits for t in range(5, 9)]
+        no_cache = model(ids, positions=torch.arange(9)).logits
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(no_cache, full, rtol=1e-4, atol=1e-4)
+
+
 def test_cache_holds_only_latent_and_rope_key():
     model = small_mla(kv_lora_rank=24, qk_rope_head_dim=16)
     cache = model.new_cache(batch=3, max_len=10)

@@ -9,7 +9,9 @@ from ..metrics.logger import JSONL_NAME, read_jsonl
 
 Curve = tuple[list[float], list[float]]
 
-_MEGATRON = re.compile(r"iteration\s+(\d+)\s*/\s*\d+.*?(?:consumed samples:\s*(\d+))?.*?lm loss:\s*([0-9.eE+-]+)")
+_ITERATION = re.compile(r"iteration\s+(\d+)\s*/\s*\d+")
+_CONSUMED = re.compile(r"consumed samples:\s*(\d+)")
+_LM_LOSS = re.compile(r"lm loss:\s*([0-9.eE+-]+)")
 _NANOCHAT = re.compile(r"step\s+(\d+)(?:\s*/\s*\d+)?.*?\|\s*loss:?\s*([0-9.eE+-]+)")
 
 
@@ -36,14 +38,14 @@ def _parse_text_log(path: Path, tokens_per_step: float | None, seq_len: int | No
     tokens: list[float] = []
     losses: list[float] = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        megatron = _MEGATRON.search(line)
-        if megatron:
-            step, consumed, loss = megatron.groups()
-            if consumed is not None and seq_len:
-                tokens.append(float(consumed) * seq_len)
+        iteration, loss = _ITERATION.search(line), _LM_LOSS.search(line)
+        if iteration and loss:
+            consumed = _CONSUMED.search(line)
+            if consumed and seq_len:
+                tokens.append(float(consumed.group(1)) * seq_len)
             else:
-                tokens.append(float(step) * _need(tokens_per_step, path))
-            losses.append(float(loss))
+                tokens.append(float(iteration.group(1)) * _need(tokens_per_step, path))
+            losses.append(float(loss.group(1)))
             continue
         nanochat = _NANOCHAT.search(line)
         if nanochat:

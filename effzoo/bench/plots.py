@@ -16,6 +16,13 @@ RADAR_METRICS: list[tuple[str, str, bool]] = [
 ]
 
 
+def available() -> bool:
+    """Whether matplotlib can be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def _pyplot():  # type: ignore[no-untyped-def]
     try:
         import matplotlib

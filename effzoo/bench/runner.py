@@ -161,6 +161,10 @@ def write_report(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     from .curves import read_loss_curve
 
     paths = write_tables(rows, out)
+    if not plots.available():
+        print("effzoo bench: matplotlib is not installed, so no plots were drawn "
+              "(pip install 'effzoo[plots]', then `effzoo report` redraws them)", file=sys.stderr)
+        return paths
     for group in dict.fromkeys(r["group"] for r in rows):
         members = [r for r in rows if r["group"] == group and r.get("status") == "ok"]
         if not members:

@@ -86,9 +86,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"effzoo train: {exc}", file=sys.stderr)
         return 1
     metrics = result.metrics
-    if result.metrics and (result.out / "metrics.json").exists():
-        mfu = metrics.get("mfu")
-        print(f"done: {metrics['steps']} steps, {metrics['tokens']:,} tokens, "
-              f"{(metrics['tokens_per_s'] or 0):,.0f} tok/s, mfu {mfu * 100:.2f}%" if mfu is not None else "",
-              f"-> {result.out / 'metrics.json'}")
+    mfu = metrics.get("mfu")
+    print(f"done: {metrics['steps']} steps, {metrics['tokens']:,} tokens, {(metrics['tokens_per_s'] or 0):,.0f} tok/s, "
+          f"mfu {'-' if mfu is None else f'{mfu * 100:.2f}%'} -> {result.out / 'metrics.json'}")
     return 0

@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..cache import ModelCache
 from ..config import ModelConfig
+from ..errors import ConfigError
 from ..interfaces import MixContext
 from ..ops.linear_cross_entropy import linear_cross_entropy
 from .parts import build_component, make_norm
@@ -98,6 +99,15 @@ class EffzooModel(nn.Module):
         states = [block.init_state(batch, max_len, ref.device, ref.dtype) for block in self.blocks]
         return ModelCache(layers=states, max_len=max_len)
 
+    def check_static_decode(self) -> None:
+        """Raise ConfigError unless every block supports the static-shape decoding path."""
+        unsupported = sorted({type(b).__name__ for b in self.blocks if not b.supports_static_decode()})
+        if unsupported:
+            raise ConfigError(
+                f"{self.config.variant!r}: blocks {', '.join(unsupported)} do not support static-shape decoding "
+                "(explicit positions); use the eager cached path (generate(fast=False))"
+            )
+
     def forward(
         self,
         input_ids: Tensor,
@@ -106,13 +116,27 @@ class EffzooModel(nn.Module):
         *,
         return_logits: bool = True,
         backend: str | None = None,
+        positions: Tensor | None = None,
     ) -> ModelOutput:
-        """``input_ids`` (B, T); ``targets`` (B, T) are the next tokens (IGNORE_INDEX = -100 skipped)."""
+        """``input_ids`` (B, T); ``targets`` (B, T) are the next tokens (IGNORE_INDEX = -100 skipped).
+
+        ``positions`` (T,), a device tensor, selects the static-shape path (effzoo.model.fast_decode):
+        with a cache, every layer writes its state at these slots and attends over the whole cache, and
+        ``cache.offset`` is left to the caller; without one, the tokens attend to each other at these
+        positions. Every block must ``supports_static_decode()``.
+        """
         _, length = input_ids.shape
-        offset = cache.offset if cache is not None else 0
-        positions = torch.arange(offset, offset + length, device=input_ids.device)
+        kv_positions = None
+        if positions is None:
+            offset = cache.offset if cache is not None else 0
+            self.position.check_positions(offset + length)
+            positions = torch.arange(offset, offset + length, device=input_ids.device)
+        else:
+            self.check_static_decode()
+            kv_positions = torch.arange(cache.max_len, device=positions.device) if cache is not None else positions
         x = self.position.embed(self.embed(input_ids), positions)
-        ctx = MixContext(positions=positions, position=self.position, backend=backend or self.config.attn_backend)
+        ctx = MixContext(positions=positions, position=self.position, backend=backend or self.config.attn_backend,
+                         kv_positions=kv_positions)
         for layer, block in enumerate(self.blocks):
             state = cache.layers[layer] if cache is not None else None
             if self.gradient_checkpointing and self.training and state is None:
@@ -121,7 +145,7 @@ class EffzooModel(nn.Module):
                 x, state = block(x, ctx, state)
             if cache is not None:
                 cache.layers[layer] = state
-        if cache is not None:
+        if cache is not None and kv_positions is None:
             cache.offset += length
         x = self.norm(x)
         logits = F.linear(x, self.output_weight) if return_logits else None

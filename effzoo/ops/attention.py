@@ -7,6 +7,11 @@
 
 ``auto`` picks sdpa when there is no score bias, flex for bias encodings on CUDA without a cache
 offset, and sdpa with a materialised mask otherwise.
+
+Queries are the last Tq of the Tk key positions unless ``q_positions``/``k_positions`` say otherwise:
+the static-shape decoding path (effzoo.model.fast_decode) attends over a whole preallocated cache whose
+slot i holds position i, so causality alone masks the slots not written yet. Explicit positions always
+materialise the mask (sdpa or reference; ``auto`` picks sdpa).
 """
 from __future__ import annotations
 
@@ -24,18 +29,24 @@ from ..interfaces import PositionalEncoding
 BACKENDS = ("auto", "sdpa", "flex", "reference")
 
 
-def _positions(offset: int, length: int, device: torch.device) -> Tensor:
-    return torch.arange(offset, offset + length, device=device)
+def _query_key_positions(
+    q_len: int, k_len: int, device: torch.device, q_positions: Tensor | None, k_positions: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Absolute positions (Tq,), (Tk,): the given ones, else queries = the last Tq of keys 0..Tk-1."""
+    q_pos = q_positions if q_positions is not None else torch.arange(k_len - q_len, k_len, device=device)
+    k_pos = k_positions if k_positions is not None else torch.arange(k_len, device=device)
+    return q_pos, k_pos
 
 
 def _bias_and_mask(
-    position: PositionalEncoding | None, q_len: int, k_len: int, causal: bool, device: torch.device
+    position: PositionalEncoding | None, q_len: int, k_len: int, causal: bool, device: torch.device,
+    q_positions: Tensor | None = None, k_positions: Tensor | None = None,
 ) -> Tensor | None:
     """Float (H|1, Tq, Tk) additive mask = position bias + causal -inf, or None when neither applies."""
-    q_pos = _positions(k_len - q_len, q_len, device)
-    k_pos = _positions(0, k_len, device)
+    explicit = q_positions is not None or k_positions is not None
+    q_pos, k_pos = _query_key_positions(q_len, k_len, device, q_positions, k_positions)
     bias = position.bias(q_pos, k_pos) if position is not None else None
-    if causal and (q_len > 1 or bias is not None):
+    if causal and (q_len > 1 or bias is not None or explicit):
         future = k_pos[None, :] > q_pos[:, None]
         causal_mask = torch.zeros(q_len, k_len, device=device).masked_fill(future, float("-inf"))
         bias = causal_mask[None] if bias is None else bias.float() + causal_mask
@@ -45,15 +56,17 @@ def _bias_and_mask(
 def reference_attention(
     q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True,
     position: PositionalEncoding | None = None, scale: float | None = None,
+    q_positions: Tensor | None = None, k_positions: Tensor | None = None,
 ) -> Tensor:
-    """Oracle: q (B, H, Tq, D), k (B, Hk, Tk, D), v (B, Hk, Tk, Dv); queries are the last Tq positions."""
+    """Oracle: q (B, H, Tq, D), k (B, Hk, Tk, D), v (B, Hk, Tk, Dv); queries are the last Tq positions
+    unless ``q_positions`` / ``k_positions`` give the absolute positions explicitly."""
     heads, kv_heads = q.shape[1], k.shape[1]
     if heads != kv_heads:
         k = k.repeat_interleave(heads // kv_heads, dim=1)
         v = v.repeat_interleave(heads // kv_heads, dim=1)
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     scores = torch.einsum("bhqd,bhkd->bhqk", q.float(), k.float()) * scale
-    mask = _bias_and_mask(position, q.shape[2], k.shape[2], causal, q.device)
+    mask = _bias_and_mask(position, q.shape[2], k.shape[2], causal, q.device, q_positions, k_positions)
     if mask is not None:
         scores = scores + mask
     probs = torch.softmax(scores, dim=-1)
@@ -63,6 +76,7 @@ def reference_attention(
 def sdpa_attention(
     q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True,
     position: PositionalEncoding | None = None, scale: float | None = None,
+    q_positions: Tensor | None = None, k_positions: Tensor | None = None,
 ) -> Tensor:
     """``F.scaled_dot_product_attention``; fused kernels when there is no bias and no offset."""
     q_len, k_len = q.shape[2], k.shape[2]
@@ -72,11 +86,12 @@ def sdpa_attention(
         v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
         gqa = False
     has_bias = position is not None and position.has_bias
-    if not has_bias and (not causal or q_len == k_len or q_len == 1):
+    explicit = q_positions is not None or k_positions is not None
+    if not has_bias and not explicit and (not causal or q_len == k_len or q_len == 1):
         return F.scaled_dot_product_attention(
             q, k, v, is_causal=causal and q_len == k_len and q_len > 1, scale=scale, enable_gqa=gqa
         )
-    mask = _bias_and_mask(position, q_len, k_len, causal, q.device)
+    mask = _bias_and_mask(position, q_len, k_len, causal, q.device, q_positions, k_positions)
     mask = mask.to(q.dtype) if mask is not None else None
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
 
@@ -129,17 +144,24 @@ def register_backend(name: str, fn: Callable[..., Tensor]) -> None:
 def attend(
     q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True,
     position: PositionalEncoding | None = None, scale: float | None = None, backend: str = "auto",
+    q_positions: Tensor | None = None, k_positions: Tensor | None = None,
 ) -> Tensor:
-    """Attention of queries over keys/values (queries are the last Tq of the Tk positions)."""
+    """Attention of queries over keys/values. Queries are the last Tq of the Tk positions unless
+    ``q_positions`` (Tq,) / ``k_positions`` (Tk,) give absolute positions (device tensors, no host sync)."""
+    explicit = q_positions is not None or k_positions is not None
     if backend == "auto":
         has_bias = position is not None and position.has_bias
-        backend = "flex" if (has_bias and q.is_cuda and q.shape[2] == k.shape[2]) else "sdpa"
+        backend = "flex" if (has_bias and q.is_cuda and q.shape[2] == k.shape[2] and not explicit) else "sdpa"
+    if explicit and backend not in ("sdpa", "reference"):
+        raise ConfigError(f"attention backend {backend!r} does not take explicit query/key positions; use sdpa or reference")
     if backend == "sdpa":
-        return sdpa_attention(q, k, v, causal=causal, position=position, scale=scale)
+        return sdpa_attention(q, k, v, causal=causal, position=position, scale=scale,
+                              q_positions=q_positions, k_positions=k_positions)
     if backend == "flex":
         return flex_attention(q, k, v, causal=causal, position=position, scale=scale)
     if backend == "reference":
-        return reference_attention(q, k, v, causal=causal, position=position, scale=scale)
+        return reference_attention(q, k, v, causal=causal, position=position, scale=scale,
+                                   q_positions=q_positions, k_positions=k_positions)
     if backend in EXTRA_BACKENDS:
         return EXTRA_BACKENDS[backend](q, k, v, causal=causal, position=position, scale=scale)
     raise ConfigError(f"unknown attention backend {backend!r}; choose one of {', '.join((*BACKENDS, *EXTRA_BACKENDS))}")

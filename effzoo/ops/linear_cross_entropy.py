@@ -27,12 +27,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, rows: int,  # type: ignore[override]
                 compute_dtype: torch.dtype) -> Tensor:
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        acc = torch.promote_types(compute_dtype, torch.float32)  # softmax and sums: fp32 at least
         valid = targets != IGNORE_INDEX
-        count = valid.sum().clamp(min=1).float()
+        count = valid.sum().clamp(min=1).to(acc)
         safe_targets = targets.clamp(min=0)
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        total = torch.zeros((), dtype=acc, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_weight else None
         w = weight.to(compute_dtype)
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, hidden.shape[0], rows):
@@ -40,7 +41,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 h = hidden[start:stop].to(compute_dtype)
                 t = safe_targets[start:stop, None]
                 keep = valid[start:stop]
-                logits = (h @ w.T).float()
+                logits = (h @ w.T).to(acc)
                 lse = torch.logsumexp(logits, dim=-1)
                 total += ((lse - logits.gather(1, t)[:, 0]) * keep).sum()
                 if not (need_hidden or need_weight):
@@ -52,7 +53,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if need_hidden:
                     grad_hidden[start:stop] = (g @ w).to(hidden.dtype)
                 if need_weight:
-                    grad_weight += (g.T @ h).float()
+                    grad_weight += (g.T @ h).to(acc)
         ctx.save_for_backward(*(t for t in (grad_hidden, grad_weight) if t is not None))
         ctx.weight_dtype = weight.dtype
         return total / count

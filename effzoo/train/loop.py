@@ -160,7 +160,7 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
                     len(dataset.val), seq_len)
 
     # resume: weights, optimizer, schedule, scaler, data position and random generators
-    start_step, previous_wall = 0, 0.0
+    start_step, previous_wall, last_checkpoint = 0, 0.0, None
     if config.resume is not None:
         path = find_checkpoint(out, config.resume)
         state = load_checkpoint(path, model=model, optimizer=optimizer, info=info)
@@ -170,6 +170,7 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
             scaler.load_state_dict(state["scaler"])
         adapter.set_rng_state(set_rng_state(state["rng"]))
         start_step, previous_wall = int(state["step"]), float(state.get("wall_s", 0.0))
+        last_checkpoint = path
         LOG.info("resumed from %s (step %d)", path, start_step)
     if info.is_main:
         remove_stale(out)
@@ -193,7 +194,7 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
 
     # the loop
     counters, losses, val_losses = RunCounters(), [], {}
-    bad_steps, last_checkpoint, dt_avg = 0, None, None
+    bad_steps, dt_avg = 0, None
     sampler = DeviceSampler(adapter, config.sample_interval).start()
     adapter.reset_peak_memory()
     run_start = last_time = time.perf_counter()
