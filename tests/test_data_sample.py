@@ -48,6 +48,12 @@ def test_ratio_and_scores_hold(tmp_path):
     sizes = [s["text_bytes"] for s in report["shards"]]
     assert len(sizes) >= 4 and all(15_000 <= s < 15_000 + max_doc for s in sizes[:-1])
     assert json.loads((tmp_path / "out" / "sample_report.json").read_text())["shards"] == report["shards"]
+    from effzoo.data import open_dataset
+    from effzoo.data.tokenize import tokenize
+
+    manifest = tokenize([tmp_path / "out"], tmp_path / "tokens", val_fraction=0)  # the report is not input
+    assert manifest["splits"]["train"]["documents"] == len(rows)
+    assert len(open_dataset(tmp_path / "tokens").train) == sum(len(r["text"].encode()) + 1 for r in rows)
 
 
 def test_same_seed_same_sample_other_seed_differs(tmp_path):

@@ -97,6 +97,9 @@ def test_resumed_tokenization_equals_one_shot(tmp_path, monkeypatch):
     assert np.array_equal(np.asarray(open_dataset(two).train), np.asarray(open_dataset(tmp_path / "one").train))
     with pytest.raises(ConfigError, match="other settings"):
         tokenize([src], two, "byte", val_fraction=0.3)
+    (two / "train" / ".00001-b.bin.x.tmp").write_bytes(b"left by a killed run")
+    tokenize([src], two, "byte", val_fraction=0.1, on_error="skip")  # a rerun may add --skip-bad
+    assert not list((two / "train").glob(".*.tmp"))
 
 
 def test_two_worker_processes_give_the_same_shards(tmp_path):
@@ -133,3 +136,26 @@ def test_hf_tokenizer_directory_uses_its_configured_eos(tmp_path):
         bad = tmp_path / "bad.jsonl"
         bad.write_text('{"text": "fine"}\n{"text": 5}\n')
         tokenize([bad], tmp_path / "o", str(tmp_path / "tok"))
+
+
+def test_byte_tokenizer_and_embedded_corpus_with_other_tokenizers(tmp_path):
+    tok = load_tokenizer("byte")
+    assert tok.encode("é中") == list("é中".encode()) and tok.decode(tok.encode("é中") + [256]) == "é中"
+    assert tok.decode([0xE4, 0xB8]) == "\ufffd"  # a cut character decodes as a replacement, not an error
+    from effzoo.data import embedded_dataset
+
+    bpe = train_bpe(DOCS, 280, tmp_path / "bpe")
+    ds = embedded_dataset(bpe.spec)
+    assert ds.vocab_size == 280 and ds.tokenizer == bpe.spec and int(np.max(ds.train)) < 280
+
+
+def test_vocab_json_directory_loads_through_transformers(tmp_path):
+    bpe = train_bpe(DOCS, 300, tmp_path / "bpe")
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    bpe._tok.model.save(str(slow))  # vocab.json + merges.txt, no tokenizer.json
+    (slow / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer",
+                                                            "eos_token": "<|endoftext|>"}))
+    tok = load_tokenizer(slow)
+    assert type(tok).__name__ == "TransformersTokenizer" and tok.eos_id == bpe.eos_id
+    assert tok.encode(DOCS[3][:40].split(" 你")[0]) == bpe.encode(DOCS[3][:40].split(" 你")[0])

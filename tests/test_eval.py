@@ -3,6 +3,7 @@ perplexity, reports, and the CLI on saved effzoo, run and transformers directori
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -148,6 +149,16 @@ def test_cli_on_saved_model_and_run_directory(tmp_path, capsys):
     assert main(["eval", "mmlu", "--model", str(run), "--data-dir", str(tmp_path / "mmlu"), "--shots", "1",
                  "--device", "cpu", "--quiet"]) == 0
     assert "| astronomy |" in capsys.readouterr().out
+    text = tmp_path / "doc.txt"
+    text.write_text("a short document to score\n\n" * 20)
+    assert main(["eval", "ppl", "--model", "gqa", "--text", str(text), "--seq-len", "32", "--device", "cpu",
+                 "--quiet", "--out", str(tmp_path / "t")]) == 0
+    assert json.loads((tmp_path / "t.json").read_text())["tokens"] == ((len(text.read_text()) - 20) // 32) * 32
+    shard = tmp_path / "shard.bin"
+    np.arange(300, dtype=np.uint16).tofile(shard)
+    assert main(["eval", "ppl", "--model", "gqa", "--tokens", str(shard), "--tokenizer", "byte", "--seq-len", "64",
+                 "--device", "cpu", "--quiet", "--out", str(tmp_path / "s")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["tokens"] == 256
 
 
 def test_transformers_directory(tmp_path):

@@ -165,3 +165,18 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path):
     one = train(settings(tmp_path / "a", steps=3, eval_every=0, ckpt_every=0, data_mode="packed")).losses
     accum = train(settings(tmp_path / "b", steps=3, eval_every=0, ckpt_every=0, data_mode="packed", grad_accum=2)).losses
     assert accum == pytest.approx(one, rel=1e-5)
+
+
+@pytest.mark.parametrize("change, dtype", [
+    ({"dtype": "fp16"}, "float16"),  # autocast fp16 + GradScaler
+    ({"dtype": "bf16", "activation_checkpointing": True}, "bfloat16"),
+])
+def test_mixed_precision_and_checkpointing_paths(tmp_path, change, dtype):
+    result = train(settings(tmp_path / "run", steps=3, eval_every=0, ckpt_every=0, **change))
+    assert result.metrics["dtype"] == dtype and all(math.isfinite(x) for x in result.losses)
+    assert result.losses[-1] < result.losses[0]
+
+
+def test_token_budget_sets_the_step_count(tmp_path):
+    result = train(settings(tmp_path / "run", steps=None, tokens=500, eval_every=0, ckpt_every=0))
+    assert result.metrics["total_steps"] == 4  # ceil(500 / (4 x 32))

@@ -71,6 +71,12 @@ class CpuBackend(BackendAdapter):
     def memory_in_use(self) -> int:
         return _rss_bytes()
 
+    def peak_memory(self) -> int:
+        """Peak resident set size of the process (Linux reports ru_maxrss in KiB)."""
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
     def utilization(self) -> float | None:
         """Process CPU time over wall time since the last call, divided by the thread count."""
         wall, cpu = time.perf_counter(), time.process_time()

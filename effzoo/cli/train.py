@@ -52,8 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model config override, e.g. --set position=alibi --set n_kv_heads=1 (repeatable)")
 
 
-# argparse destination -> TrainConfig key (the same name for every other flag)
-_SKIP = {"config", "set"}
+_SKIP = {"config", "set"}  # flags that are not TrainConfig keys (every other destination is one)
 
 
 def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -75,6 +74,7 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     import sys
 
     from effzoo.train import TrainingError, train
@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     except TrainingError as exc:
         print(f"effzoo train: {exc}", file=sys.stderr)
         return 1
+    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun only rank 0 reports
+        return 0
     metrics = result.metrics
     mfu = metrics.get("mfu")
     print(f"done: {metrics['steps']} steps, {metrics['tokens']:,} tokens, {(metrics['tokens_per_s'] or 0):,.0f} tok/s, "

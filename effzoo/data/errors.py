@@ -21,7 +21,6 @@ class DataError(ValueError, EffzooError):
 def require_pyarrow():
     """Import pyarrow, or explain how to get it (it is in the ``data`` extra, not the core install)."""
     try:
-        import pyarrow  # noqa: F401
         import pyarrow.parquet as pq
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise EffzooError(

@@ -15,6 +15,8 @@ from .errors import DataError, require_pyarrow
 
 TEXT_COLUMNS = ("text", "content")  # FineWeb-Edu, Ultra-FineWeb
 FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "text", ".text": "text", ".md": "text"}
+# Found when searching directories; .json/.md/.text only count when named (reports, READMEs).
+DIRECTORY_SUFFIXES = (".parquet", ".jsonl", ".txt")
 ON_ERROR = ("raise", "skip")
 
 
@@ -27,13 +29,14 @@ def file_format(path: str | os.PathLike[str]) -> str:
 
 
 def input_files(paths: Iterable[str | os.PathLike[str]], formats: Iterable[str] | None = None) -> list[Path]:
-    """Files named directly plus files of a known type found (recursively, sorted) under directories."""
+    """Files named directly plus ``.parquet``/``.jsonl``/``.txt`` files found (recursively, sorted, hidden
+    ones excluded) under directories."""
     wanted = set(formats or FORMATS.values())
     found: list[Path] = []
     for entry in map(Path, paths):
         if entry.is_dir():
             hits = sorted(p for p in entry.rglob("*") if p.is_file() and not p.name.startswith(".")
-                          and FORMATS.get(p.suffix.lower()) in wanted)
+                          and p.suffix.lower() in DIRECTORY_SUFFIXES and FORMATS[p.suffix.lower()] in wanted)
             if not hits:
                 raise FileNotFoundError(f"no {'/'.join(sorted(wanted))} files under {entry}")
             found += hits

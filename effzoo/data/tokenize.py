@@ -8,9 +8,11 @@ Layout of ``out``: ``train/<unit>.bin`` and ``val/<unit>.bin`` (raw uint16/uint3
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
 import os
 import re
+import shutil
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -163,28 +165,27 @@ def _write_batch(tok: Tokenizer, batch: list[tuple[int, str]], writers: dict[str
 
 
 def _settings_match(root: Path, settings: TokenizeSettings, overwrite: bool) -> None:
+    """Refuse to mix shards made with other settings; ``on_error`` may change (a finished file had no
+    bad rows under ``raise``, so it is the same under ``skip``)."""
     file = root / SETTINGS_NAME
     if file.is_file() and not overwrite:
-        import json
-
         saved = json.loads(file.read_text())
-        diff = {k: (saved.get(k), v) for k, v in asdict(settings).items() if saved.get(k) != v}
+        diff = {k: (saved.get(k), v) for k, v in asdict(settings).items() if saved.get(k) != v and k != "on_error"}
         if diff:
             details = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
             raise ConfigError(f"{root} was tokenized with other settings ({details}); use another --out "
                               "or --overwrite")
     elif overwrite:
-        import shutil
-
         for sub in ("train", "val", "parts"):
             shutil.rmtree(root / sub, ignore_errors=True)
         (root / MANIFEST_NAME).unlink(missing_ok=True)
+    for sub in ("train", "val", "parts"):  # temporary files of a killed run
+        for stale in (root / sub).glob(".*.tmp"):
+            stale.unlink()
     write_json(file, asdict(settings))
 
 
 def _finished(root: Path, unit: Unit) -> dict[str, Any] | None:
-    import json
-
     file = root / "parts" / f"{unit.name}.json"
     if not file.is_file():
         return None
@@ -207,12 +208,12 @@ def tokenize(
     tok = load_tokenizer(tokenizer, eos_token=eos_token)
     if tok.eos_id is None:
         raise ConfigError(f"tokenizer {tok.spec} has no end-of-text token; name one with --eos-token")
+    units = plan_units(input_files(inputs))
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     settings = TokenizeSettings(tok.spec, tok.fingerprint, shard_dtype(tok.vocab_size).name, val_fraction, seed,
                                 text_column, on_error)
     _settings_match(root, settings, overwrite)
-    units = plan_units(input_files(inputs))
     _WORKER_TOKENIZER[tok.spec] = tok
     parts: dict[int, dict[str, Any]] = {}
     todo = []

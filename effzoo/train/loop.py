@@ -136,8 +136,8 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
     if config.compile:
         for block in model.blocks:
             block.compile()
-    is_ddp = info.enabled and not config.fsdp
-    if config.fsdp and info.enabled:
+    is_ddp, is_fsdp = info.enabled and not config.fsdp, info.enabled and config.fsdp
+    if is_fsdp:
         model = wrap_fsdp(model, amp_dtype if amp_dtype != torch.float32 else None)
     elif config.fsdp:
         LOG.warning("--fsdp with a single process: nothing to shard, training unsharded")
@@ -206,7 +206,10 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
         try:
             for micro_step in range(config.grad_accum):
                 inputs, targets = next(loader)
-                sync = model.no_sync() if is_ddp and micro_step < config.grad_accum - 1 else contextlib.nullcontext()
+                last_micro = micro_step == config.grad_accum - 1
+                if is_fsdp:  # reduce-scatter gradients only after the last micro-step
+                    model.set_requires_gradient_sync(last_micro)
+                sync = model.no_sync() if is_ddp and not last_micro else contextlib.nullcontext()
                 with sync:
                     with adapter.autocast(amp_dtype):
                         output = model(inputs, targets, return_logits=not config.fused_loss, backend=attn_backend)
