@@ -7,17 +7,19 @@ Steps (each one skipped on a rerun when its output is already there):
    ``linux-doc`` or ``python3-doc`` are followed to the versioned documentation package they depend on);
 2. ``dpkg-deb -x`` each ``.deb`` into ``WORK/extract/PACKAGE`` (never into ``/``);
 3. turn its HTML, reST, text, Markdown and POD documents (gzip'd ones too) into plain text, drop tiny,
-   code-heavy, non-English and duplicate documents, and write ``OUT/text/PACKAGE-NNNN.jsonl`` shards of
+   code-heavy, non-prose and duplicate documents, and write ``OUT/text/PACKAGE-NNNN.jsonl`` shards of
    ``{"text": ..., "source": "PACKAGE/path"}`` lines;
 4. copy each package's copyright file to ``OUT/licenses`` and write ``OUT/corpus.json`` (packages,
    versions, copyright paths, counts, settings);
 5. train a byte-level BPE tokenizer on the corpus (``effzoo data tokenizer train``) and tokenize it
    (``effzoo data tokenize``) into ``OUT/tokens``, the directory ``effzoo train/bench --data`` reads.
 
-Cleaning rules (see ``CleanSettings``): a document is dropped as *tiny* below ``min_chars`` characters or
-``min_words`` words; as *not English* when fewer than ``min_stopword_share`` of its words are common
-English function words; as *code-heavy* when letters are under ``min_alpha_ratio`` of its non-space
-characters or more than ``max_code_line_share`` of its lines look like code; as a *duplicate* when its
+Cleaning rules (see ``CleanSettings``), in this order: a document is dropped as *tiny* below ``min_chars``
+characters or ``min_words`` words; as *code-heavy* when letters are under ``min_alpha_ratio`` of its
+non-space characters or more than ``max_code_line_share`` of its lines look like code (ending in ``;``,
+``{`` or ``}``, or starting with a shell or Python prompt, ``#include``, a comment); as *not prose* when
+fewer than ``min_stopword_share`` of its words are common English function words (other languages,
+indexes, tables of names); as a *duplicate* when its
 lower-cased words equal an earlier document's; as a *near-duplicate* when at least
 ``near_duplicate_share`` of its sampled word 5-grams occurred in earlier documents (this removes, e.g.,
 the reST source of a page whose rendered HTML was already kept: HTML files are read first).
@@ -42,7 +44,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-DEFAULT_PACKAGES = ("python3-doc", "postgresql-doc", "perl-doc", "git-doc", "debian-reference-en", "linux-doc")
+DEFAULT_PACKAGES = ("python3-doc", "postgresql-doc", "perl-doc", "git-doc", "sqlite3-doc", "nodejs-doc",
+                    "debian-reference-en", "debian-policy", "developers-reference", "linux-doc")
 MANIFEST_NAME = "corpus.json"
 SETTINGS_NAME = "settings.json"
 META_PACKAGE_MAX_KIB = 64  # a package this small (Installed-Size) only points at the real documentation
@@ -88,7 +91,7 @@ class PackageDeb:
 def run_command(cmd: list[str], cwd: Path | None = None) -> str:
     """Run ``cmd``; its stdout, or a ``CorpusError`` with its stderr."""
     try:
-        done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+        done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
     except FileNotFoundError as exc:
         raise CorpusError(f"{cmd[0]} is not installed (this script needs Debian's apt-get and dpkg-deb)") from exc
     if done.returncode != 0:
@@ -204,9 +207,7 @@ def extract_deb(deb: Path, work: Path, package: str) -> Path:
 def document_format(path: Path) -> str | None:
     """``html``, ``text`` or ``pod`` from the suffix (a trailing ``.gz`` ignored); None for other files."""
     name = path.name.lower()
-    if name.endswith(".gz"):
-        name = name[:-3]
-    return FORMATS.get(os.path.splitext(name)[1])
+    return FORMATS.get(os.path.splitext(name.removesuffix(".gz"))[1])
 
 
 def candidate_files(root: Path) -> list[tuple[Path, str]]:
@@ -235,17 +236,16 @@ def read_document(path: Path) -> str:
 class _HTMLText(HTMLParser):
     """Collect visible text, skipping navigation, scripts and permalink markers; keep ``<pre>`` layout."""
 
-    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source",
-            "track", "wbr"}
-    SKIP_TAGS = {"script", "style", "head", "nav", "header", "footer", "noscript", "form", "button", "select",
-                 "svg", "iframe", "template"}
-    SKIP_ROLES = {"navigation", "search", "banner", "contentinfo"}
-    SKIP_CLASSES = {"headerlink", "sphinxsidebar", "related", "footer", "navheader", "navfooter", "breadcrumbs",
-                    "toc", "wy-nav-side", "rst-footer-buttons"}
-    SKIP_IDS = {"footer", "toc", "sidebar"}
-    PARAGRAPH = {"p", "div", "section", "article", "main", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "table",
-                 "ul", "ol", "dl", "blockquote", "figure", "title"}
-    LINE = {"li", "tr", "dt", "dd", "br", "hr", "figcaption", "caption"}
+    VOID = frozenset("area base br col embed hr img input link meta param source track wbr".split())
+    SKIP_TAGS = frozenset("script style head nav header footer noscript form button select svg iframe "
+                          "template".split())
+    SKIP_ROLES = frozenset({"navigation", "search", "banner", "contentinfo"})
+    SKIP_CLASSES = frozenset({"headerlink", "sphinxsidebar", "related", "footer", "navheader", "navfooter",
+                              "breadcrumbs", "toc", "wy-nav-side", "rst-footer-buttons"})
+    SKIP_IDS = frozenset({"footer", "toc", "sidebar"})
+    PARAGRAPH = frozenset("p div section article main h1 h2 h3 h4 h5 h6 pre table ul ol dl blockquote figure "
+                          "title".split())
+    LINE = frozenset({"li", "tr", "dt", "dd", "br", "hr", "figcaption", "caption"})
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -265,7 +265,7 @@ class _HTMLText(HTMLParser):
         if not self.skip:
             if tag in self.PARAGRAPH:
                 self._write("\n\n")
-            elif tag in self.LINE:
+            elif tag in self.LINE and self.all and not self.all[-1].endswith("\n"):
                 self._write("\n")
             elif tag in ("td", "th"):
                 self._write(" ")
@@ -314,7 +314,7 @@ def html_to_text(html: str) -> str:
     return parser.text()
 
 
-_POD_CODE = re.compile(r"([A-Z])<(?:<+\s(.*?)\s>+|([^<>]*))>", re.S)
+_POD_CODE = re.compile(r"([A-Z])<(?:<+\s(.*?)\s>+|([^<>]*))>", re.DOTALL)
 
 
 def _pod_code(match: re.Match) -> str:
@@ -391,14 +391,14 @@ def document_verdict(text: str, settings: CleanSettings) -> str | None:
     words = _WORD.findall(text)
     if len(text) < settings.min_chars or len(words) < settings.min_words:
         return "tiny"
-    if sum(w.lower() in STOPWORDS for w in words) < settings.min_stopword_share * len(words):
-        return "not prose"
     visible = len(text) - sum(text.count(c) for c in " \n\t")
     letters = sum(len(w) for w in words)
     lines = [line.strip() for line in text.split("\n") if line.strip()]
     code_lines = sum(bool(_CODE_LINE.search(line)) for line in lines)
     if letters < settings.min_alpha_ratio * visible or code_lines > settings.max_code_line_share * len(lines):
         return "code-heavy"
+    if sum(w.lower() in STOPWORDS for w in words) < settings.min_stopword_share * len(words):
+        return "not prose"
     return None
 
 
@@ -443,12 +443,17 @@ class Deduplicator:
 # ---------------------------------------------------------------- shards
 
 def write_json(target: Path, document: Any) -> None:
-    """Write JSON atomically (temporary sibling, then rename)."""
+    """Write JSON atomically (temporary sibling, then rename); the script needs nothing but the standard
+    library until it calls effzoo's CLI."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, target)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class ShardWriter:
@@ -603,20 +608,20 @@ def check_settings(out: Path, settings: CleanSettings, overwrite: bool) -> None:
 def effzoo(*args: str) -> None:
     """Run an ``effzoo`` command with this interpreter; its output goes to ours."""
     cmd = [sys.executable, "-m", "effzoo", *args]
-    if subprocess.run(cmd).returncode != 0:
+    if subprocess.run(cmd, check=False).returncode != 0:
         raise CorpusError(f"`effzoo {' '.join(args)}` failed (see its message above)")
 
 
-def tokenize_corpus(out: Path, tokenizer: str, vocab_size: int, val_fraction: float, workers: int) -> dict[str, Any]:
-    """Train the BPE tokenizer when ``tokenizer == "bpe"`` (once), tokenize ``out/text`` into ``out/tokens``
-    (effzoo resumes finished shards) and return the token manifest."""
-    spec = tokenizer
+def tokenize_corpus(out: Path, shards: list[str], tokenizer: str, vocab_size: int, val_fraction: float,
+                    workers: int) -> dict[str, Any]:
+    """Train the BPE tokenizer on ``shards`` when ``tokenizer == "bpe"`` (once), tokenize them into
+    ``out/tokens`` (effzoo resumes finished shards) and return the token manifest."""
+    spec, files = tokenizer, [str(out / shard) for shard in shards]
     if tokenizer == "bpe":
         spec = str(out / "tokenizer")
         if not (out / "tokenizer" / "tokenizer.json").is_file():
-            effzoo("data", "tokenizer", "train", str(out / "text"), "--out", spec, "--vocab-size", str(vocab_size),
-                   "--quiet")
-    effzoo("data", "tokenize", str(out / "text"), "--out", str(out / "tokens"), "--tokenizer", spec,
+            effzoo("data", "tokenizer", "train", *files, "--out", spec, "--vocab-size", str(vocab_size), "--quiet")
+    effzoo("data", "tokenize", *files, "--out", str(out / "tokens"), "--tokenizer", spec,
            "--val-fraction", str(val_fraction), "--workers", str(workers), "--quiet")
     return json.loads((out / "tokens" / "manifest.json").read_text())
 
@@ -628,7 +633,7 @@ def folder_bytes(path: Path) -> int:
 # ---------------------------------------------------------------- the whole pipeline
 
 def prepare(out: Path, packages: list[str], *, work: Path | None = None, settings: CleanSettings = CleanSettings(),
-            tokenizer: str | None = "bpe", vocab_size: int = 32000, val_fraction: float = 0.005, workers: int = 2,
+            tokenizer: str | None = "bpe", vocab_size: int = 32000, val_fraction: float = 0.01, workers: int = 2,
             min_tokens: int = 10_000_000, skip_missing: bool = False, overwrite: bool = False,
             log: Callable[[str], None] = print) -> int:
     """The five steps of the module docstring; returns the process exit code (1 when too few tokens)."""
@@ -645,6 +650,8 @@ def prepare(out: Path, packages: list[str], *, work: Path | None = None, setting
         root = extract_deb(deb.deb, work, deb.package)
         record = build_package_text(deb.package, root, out, settings, dedup, log=log, workers=workers)
         copyright_path, license_file = copy_license(deb.package, root, out)
+        if copyright_path is None:
+            log(f"warning: {deb.package} ships no usr/share/doc/{deb.package}/copyright; check its license")
         records.append({"package": deb.package, "version": deb.version, "requested": deb.requested,
                         "deb": deb.deb.name, "copyright": copyright_path, "license_file": license_file,
                         **{k: record[k] for k in ("files", "documents", "characters", "dropped", "shards")}})
@@ -663,7 +670,10 @@ def prepare(out: Path, packages: list[str], *, work: Path | None = None, setting
     if tokenizer is None:
         log(f"tokenization skipped (--no-tokenize); {time.perf_counter() - started:.0f} s")
         return 0
-    tokens = tokenize_corpus(out, tokenizer, vocab_size, val_fraction, workers)
+    shards = [shard for r in records for shard in r["shards"]]
+    if not shards:
+        raise CorpusError("no document passed the filters: nothing to tokenize")
+    tokens = tokenize_corpus(out, shards, tokenizer, vocab_size, val_fraction, workers)
     splits = tokens["splits"]
     manifest["tokens"] = {"dir": "tokens", "tokenizer": tokens["tokenizer"], "dtype": tokens["dtype"],
                           "train": splits["train"]["tokens"], "val": splits["val"]["tokens"],
@@ -701,7 +711,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-tokenize", action="store_true", help="stop after the JSONL shards")
     parser.add_argument("--min-tokens", type=float, default=1e7,
                         help="fail (exit 1) below this many training tokens (default 1e7)")
-    parser.add_argument("--val-fraction", type=float, default=0.005, help="documents for validation")
+    parser.add_argument("--val-fraction", type=float, default=0.01,
+                        help="share of documents for validation (default %(default)s)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes for reading documents and tokenizing (default: all cores)")
     parser.add_argument("--min-chars", type=int, default=CleanSettings.min_chars,

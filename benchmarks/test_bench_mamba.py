@@ -141,9 +141,9 @@ def test_dense_causal_sdpa_fwd_bwd(benchmark, length: int) -> None:
     _record(benchmark, length, heads=ATTN_HEADS, head_dim=ATTN_DIM)
 
 
-@pytest.mark.benchmark(group="mamba-vs-gqa-model")
+@pytest.mark.benchmark(group="attention-free-vs-gqa-model")
 @pytest.mark.parametrize("seq", [2048, 8192] if CUDA else [128])
-@pytest.mark.parametrize("variant", ["mamba", "gqa"])
+@pytest.mark.parametrize("variant", ["mamba", "rwkv", "pythia", "gqa"])
 def test_model_train_step(benchmark, variant: str, seq: int) -> None:
     """Whole-model training step (forward, backward, AdamW), 0.5B on CUDA with bf16 autocast; tiny on CPU."""
     size, batch = ("0.5B", 8 * 2048 // seq) if CUDA else ("tiny", 2)

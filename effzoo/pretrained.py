@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
+from .atomic import replace_dir
 from .config import ModelConfig
 from .errors import ConfigError
 
@@ -41,14 +42,7 @@ def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike[str]) -
     try:
         (staging / CONFIG_NAME).write_text(json.dumps(config_document(model.config), indent=2, sort_keys=True))
         save_model(model, str(staging / WEIGHTS_NAME))
-        if target.exists():
-            backup = target.with_name(f".{target.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            target.rename(backup)
-            staging.rename(target)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            staging.rename(target)
+        replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -2,6 +2,8 @@
 ``torch_npu`` module: no Ascend hardware here), NVML / npu-smi power reading, peak-FLOPs tables."""
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import types
 
@@ -61,8 +63,16 @@ def make_fake_npu_namespace(name: str) -> types.SimpleNamespace:
     )
 
 
+CHILD = os.environ.get("EFFZOO_FAKE_NPU_CHILD") == "1"
+
+
 @pytest.fixture
 def fake_npu(monkeypatch):
+    """Importing torch_npu renames torch's private-use device to 'npu' for the rest of the process (torch
+    then asks ``torch.npu`` whether an accelerator exists, e.g. in ``optimizer.step``), so the tests that
+    fake it run in a child process of their own: see test_fake_npu_tests_in_a_clean_process."""
+    if not CHILD:
+        pytest.skip("runs in a separate process (test_fake_npu_tests_in_a_clean_process)")
     calls: list[str] = []
     torch.utils.rename_privateuse1_backend("npu")  # what importing the real torch_npu does (idempotent)
     monkeypatch.setitem(sys.modules, "torch_npu", make_fake_torch_npu(calls))
@@ -197,3 +207,12 @@ def test_backend_override_reaches_the_trainer(tmp_path):
 
     with pytest.raises(ConfigError, match="unknown backend"):
         train(TrainConfig(steps=1, backend="tpu", out=str(tmp_path / "x")))
+
+
+@pytest.mark.skipif(CHILD, reason="the parent of the fake-NPU tests")
+def test_fake_npu_tests_in_a_clean_process():
+    env = {**os.environ, "EFFZOO_FAKE_NPU_CHILD": "1"}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore",
+                             __file__, "-k", "npu"], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout

@@ -127,3 +127,19 @@ def test_report_and_plot_commands(position_suite, tmp_path, capsys):
     target = tmp_path / "loss.png"
     assert main(["plot", rows[0]["run_dir"], rows[1]["run_dir"], "--output", str(target), "--smooth-window", "2"]) == 0
     assert target.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_quick_all_suites_command_writes_every_group(tmp_path, capsys):
+    """The README's main command, shortened to 2 steps per model: every group, every variant."""
+    out = tmp_path / "quick"
+    code = main(["bench", "--suite", "all", "--quick", "--steps", "2", "--eval-every", "1", "--decode-tokens", "4",
+                 "--sweep", "32", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    rows = json.loads((out / "results.json").read_text())
+    assert {r["group"] for r in rows} == {"attention", "position", "moe", "attention-free"}
+    assert {r["variant"] for r in rows} == {"mqa", "gqa", "mla", "nsa", "moe", "mamba", "pythia", "rwkv"}
+    assert all(r["status"] == "ok" and r["ppl"] > 1 for r in rows)
+    for group in ("attention", "position", "moe", "attention-free"):
+        for kind in ("radar", "loss", "throughput"):
+            assert (out / f"{kind}-{group}.png").exists()

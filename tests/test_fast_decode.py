@@ -35,7 +35,8 @@ def test_explicit_positions_over_a_larger_buffer_equal_the_slice(name):
     if hasattr(position, "_init_weights"):
         position._init_weights()
     g = torch.Generator().manual_seed(1)
-    q, k, v = torch.randn(2, 4, 3, 16, generator=g), torch.randn(2, 2, 16, 16, generator=g), torch.randn(2, 2, 16, 16, generator=g)
+    q = torch.randn(2, 4, 3, 16, generator=g)
+    k, v = torch.randn(2, 2, 16, 16, generator=g), torch.randn(2, 2, 16, 16, generator=g)
     k[:, :, 11:], v[:, :, 11:] = 1e4, -1e4
     for backend in ("reference", "sdpa"):
         expected = attend(q, k[:, :, :11], v[:, :, :11], position=position, backend=backend)
@@ -43,7 +44,8 @@ def test_explicit_positions_over_a_larger_buffer_equal_the_slice(name):
                      q_positions=torch.arange(8, 11), k_positions=torch.arange(16))
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ConfigError, match="explicit"):
-        attend(q, k, v, position=position, backend="flex", q_positions=torch.arange(8, 11), k_positions=torch.arange(16))
+        attend(q, k, v, position=position, backend="flex",
+               q_positions=torch.arange(8, 11), k_positions=torch.arange(16))
 
 
 @pytest.mark.parametrize("position", POSITIONS)
@@ -73,7 +75,8 @@ def test_positions_without_a_cache_equal_the_default_forward():
         torch.testing.assert_close(model(ids, positions=torch.arange(6)).logits, model(ids).logits)
 
 
-@pytest.mark.parametrize("variant,position", [(v, "rope") for v in STATIC_VARIANTS[1:]] + [("gqa", p) for p in POSITIONS])
+@pytest.mark.parametrize("variant,position",
+                         [(v, "rope") for v in STATIC_VARIANTS[1:]] + [("gqa", p) for p in POSITIONS])
 def test_static_step_has_no_host_sync_and_replays_identically(variant, position):
     model = _model(variant, position=position)
     assert StaticDecoder(model).supported
@@ -182,8 +185,8 @@ def test_learned_positions_beyond_the_table_are_refused():
 
 
 @pytest.mark.skipif(not CUDA, reason="CUDA-graph capture needs a CUDA device")
-@pytest.mark.parametrize("position", ["rope", "alibi", "relative", "learned"])
-@pytest.mark.parametrize("compile", [False, True])
+@pytest.mark.parametrize("position,compile",
+                         [(p, False) for p in ("rope", "alibi", "relative", "learned")] + [("rope", True)])
 def test_cuda_graph_decoding_equals_eager(position, compile):
     model = _model(position=position).cuda()
     prompt = _prompt().cuda()

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..analysis import info
-from ..data.atomic import write_json
+from ..atomic import write_json
 from ..pretrained import from_pretrained
 from .suites import Entry, suite_entries
 from .tables import write_tables

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..data.atomic import atomic_path
+from ..atomic import atomic_path
 
 Row = dict[str, Any]
 

@@ -117,7 +117,7 @@ def corpus_documents() -> tuple[str, ...]:
 
 def write_corpus(path: str | Path) -> Path:
     """Write the embedded corpus as a text file (documents separated by blank lines)."""
-    from .atomic import atomic_path
+    from ..atomic import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

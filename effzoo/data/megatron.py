@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
+from ..atomic import atomic_path
 from .errors import DataError
 
 MAGIC = b"MMIDIDX\x00\x00"

@@ -19,7 +19,7 @@ from typing import Any
 
 from effzoo.errors import ConfigError
 
-from .atomic import atomic_path, write_json
+from ..atomic import atomic_path, write_json
 from .errors import DataError, require_pyarrow
 from .readers import input_files, iter_records
 

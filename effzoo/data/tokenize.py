@@ -24,7 +24,7 @@ import numpy as np
 
 from effzoo.errors import ConfigError
 
-from .atomic import atomic_path, write_json
+from ..atomic import atomic_path, write_json
 from .errors import DataError
 from .manifest import FORMAT, MANIFEST_NAME, VERSION, read_manifest, shard_dtype
 from .readers import input_files, iter_documents

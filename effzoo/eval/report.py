@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from effzoo.data.atomic import atomic_path, write_json
+from effzoo.atomic import atomic_path, write_json
 
 
 def markdown_table(result: dict[str, Any]) -> str:

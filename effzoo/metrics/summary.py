@@ -1,15 +1,13 @@
 """The end-of-run summary ``metrics.json`` (keys documented in docs/metrics.md)."""
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean
 from typing import Any
 
+from ..atomic import write_json
 from .flops import mfu
 from .sampler import SampleSummary
 
@@ -111,10 +109,4 @@ def summarize(*, counters: RunCounters, samples: list[SampleSummary], peak_memor
 
 def write_summary(out: Path, summary: dict[str, Any]) -> Path:
     """Write ``OUT/metrics.json`` atomically (temporary file + rename)."""
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / SUMMARY_NAME
-    fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".json", dir=out)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=2, sort_keys=True)
-    os.replace(tmp, target)
-    return target
+    return write_json(out / SUMMARY_NAME, summary)

@@ -153,7 +153,9 @@ def attend(
         has_bias = position is not None and position.has_bias
         backend = "flex" if (has_bias and q.is_cuda and q.shape[2] == k.shape[2] and not explicit) else "sdpa"
     if explicit and backend not in ("sdpa", "reference"):
-        raise ConfigError(f"attention backend {backend!r} does not take explicit query/key positions; use sdpa or reference")
+        raise ConfigError(
+            f"attention backend {backend!r} does not take explicit query/key positions; use sdpa or reference"
+        )
     if backend == "sdpa":
         return sdpa_attention(q, k, v, causal=causal, position=position, scale=scale,
                               q_positions=q_positions, k_positions=k_positions)

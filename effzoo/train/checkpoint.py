@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..atomic import replace_dir
 from ..errors import ConfigError
 from ..pretrained import CONFIG_NAME, WEIGHTS_NAME, config_document
 from .distributed import DistInfo, barrier, gather_objects
@@ -98,22 +99,10 @@ def save_checkpoint(out: Path, step: int, *, model: nn.Module, optimizer: torch.
                   metadata={"format": "pt", "step": str(step)})
         torch.save({**trainer_state, "step": step, "optimizer": optim_state, "rng": rngs,
                     "world_size": info.world_size}, staging / STATE_NAME)
-        _replace(staging, target)
+        replace_dir(staging, target)
         _apply_retention(out, keep)
     barrier(info)
     return target if info.is_main else None
-
-
-def _replace(staging: Path, target: Path) -> None:
-    """Rename ``staging`` to ``target``; an existing ``target`` is moved aside first, then deleted."""
-    if target.exists():
-        old = target.with_name(f".old-{target.name}")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(target)
 
 
 def _apply_retention(out: Path, keep: int) -> None:

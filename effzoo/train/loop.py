@@ -23,7 +23,7 @@ from ..build import build_from_config, make_config
 from ..config import ModelConfig
 from ..errors import ConfigError, EffzooError
 from ..analysis import model_stats
-from ..data.atomic import write_json
+from ..atomic import write_json
 from ..metrics import DeviceSampler, RunCounters, StepLogger, progress_line, summarize, write_summary
 from ..metrics.flops import mfu
 from .checkpoint import find_checkpoint, list_checkpoints, load_checkpoint, remove_stale, rng_state, save_checkpoint, set_rng_state

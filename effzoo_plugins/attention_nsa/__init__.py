@@ -27,6 +27,7 @@ def effzoo_register(register: Any) -> None:
     )
     register.add_variant(
         "nsa", family="qwen2.5", group="attention", defaults={"attention": "nsa"},
-        aliases=["native_sparse_attention"], capabilities=Capabilities(fast_path="flex"),
+        aliases=["native_sparse_attention"],
+        capabilities=Capabilities(fast_path="flex", positions=("rope", "absolute", "learned", "none")),
         description="Native Sparse Attention on the Qwen2.5 shape (Yuan et al. 2025, arXiv 2502.11089)",
     )

@@ -1,8 +1,9 @@
-"""Atomic file writes: write to a temporary sibling, then rename, so no half-written file looks complete."""
+"""Atomic writes: a temporary sibling, then one rename, so nothing half-written ever looks complete."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,3 +31,16 @@ def write_json(target: str | os.PathLike[str], document: Any) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return Path(target)
+
+
+def replace_dir(staging: Path, target: Path) -> None:
+    """Rename the finished folder ``staging`` to ``target``; an existing ``target`` is moved aside first and
+    deleted only after the rename, so a crash leaves either the old or the new folder complete."""
+    if target.exists():
+        old = target.with_name(f".old-{target.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(target)
