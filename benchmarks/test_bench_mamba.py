@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import effzoo
+from effzoo.bench.speed import train_step
 from effzoo.bench.timing import synchronize
 from effzoo_plugins.mamba import kernels
 from effzoo_plugins.mamba.ssd_reference import ssd_chunked
@@ -145,19 +146,11 @@ def test_dense_causal_sdpa_fwd_bwd(benchmark, length: int) -> None:
 @pytest.mark.parametrize("seq", [2048, 8192] if CUDA else [128])
 @pytest.mark.parametrize("variant", ["mamba", "rwkv", "pythia", "gqa"])
 def test_model_train_step(benchmark, variant: str, seq: int) -> None:
-    """Whole-model training step (forward, backward, AdamW), 0.5B on CUDA with bf16 autocast; tiny on CPU."""
+    """Whole-model training step (forward, backward, AdamW) of the attention-free variants against gqa,
+    0.5B on CUDA with bf16 autocast (issue 4: within 1.2× of gqa at 2k, ahead at 8k); tiny on CPU."""
     size, batch = ("0.5B", 8 * 2048 // seq) if CUDA else ("tiny", 2)
     model = effzoo.build(variant, size=size, device=DEVICE)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=CUDA)
     ids = torch.randint(0, model.config.vocab_size, (batch, seq + 1), device=DEVICE)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=CUDA):
-            loss = model(ids[:, :-1], targets=ids[:, 1:], return_logits=False).loss
-        loss.backward()
-        optimizer.step()
-        synchronize(DEVICE)
-
-    benchmark.pedantic(step, **ROUNDS)
+    benchmark.pedantic(train_step(model, optimizer, ids, torch.bfloat16 if CUDA else None), **ROUNDS)
     _record(benchmark, batch * seq, tokens_per_s=batch * seq / benchmark.stats.stats.median, size=size)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import effzoo
+from effzoo.bench.speed import train_step
 from effzoo.bench.timing import synchronize, timed
 from effzoo.interfaces import Attention, MixContext
 from effzoo.model.parts import build_component
@@ -115,16 +116,7 @@ def _train_step(variant: str, batch: int, seq: int) -> Callable[[], None]:
     model = effzoo.build(variant, size=SIZE, device=DEVICE)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=ON_GPU)
     ids = torch.randint(0, model.config.vocab_size, (batch, seq + 1), device=DEVICE)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=ON_GPU):
-            loss = model(ids[:, :-1], targets=ids[:, 1:], return_logits=False).loss
-        loss.backward()
-        optimizer.step()
-        synchronize(DEVICE)
-
-    return step
+    return train_step(model, optimizer, ids, torch.bfloat16 if ON_GPU else None)
 
 
 @pytest.mark.benchmark(group="mla-model-step")

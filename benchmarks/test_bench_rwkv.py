@@ -122,25 +122,3 @@ def test_time_mix_fwd_bwd(benchmark, kernel: str, length: int) -> None:
     benchmark.pedantic(_fwd_bwd([x], mixer), **ROUNDS)
     _record(benchmark, length, d_model=d, kernel=kernel,
             resolved=kernels.resolve_kernel(kernel, DEVICE.type, length, mix.head_size, mix.head_size))
-
-
-@pytest.mark.benchmark(group="rwkv-vs-gqa-model")
-@pytest.mark.parametrize("seq", [2048, 8192] if CUDA else [128])
-@pytest.mark.parametrize("variant", ["rwkv", "gqa"])
-def test_model_train_step(benchmark, variant: str, seq: int) -> None:
-    """Whole-model training step (forward, backward, AdamW), 0.5B on CUDA with bf16 autocast; tiny on CPU."""
-    size, batch = ("0.5B", 8 * 2048 // seq) if CUDA else ("tiny", 2)
-    model = effzoo.build(variant, size=size, device=DEVICE)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=CUDA)
-    ids = torch.randint(0, model.config.vocab_size, (batch, seq + 1), device=DEVICE)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=CUDA):
-            loss = model(ids[:, :-1], targets=ids[:, 1:], return_logits=False).loss
-        loss.backward()
-        optimizer.step()
-        synchronize(DEVICE)
-
-    benchmark.pedantic(step, **ROUNDS)
-    _record(benchmark, batch * seq, tokens_per_s=batch * seq / benchmark.stats.stats.median, size=size)

@@ -1,6 +1,8 @@
 """The CUDA backend: bf16 autocast, NVML energy counters, H100-class peak table, torch.compile."""
 from __future__ import annotations
 
+import contextlib
+
 import os
 from typing import Any
 
@@ -67,12 +69,10 @@ class NvmlPowerMeter(PowerMeter):
     def read(self) -> PowerReading:
         nvml = self._nvml
         reading = PowerReading()
-        try:
+        with contextlib.suppress(nvml.NVMLError):  # a failed read leaves the fields None
             reading.power_w = nvml.nvmlDeviceGetPowerUsage(self._handle) / 1e3
             if self._has_energy:
                 reading.energy_j = nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle) / 1e3
-        except nvml.NVMLError:
-            pass
         return reading
 
     def utilization(self) -> float | None:
@@ -82,10 +82,8 @@ class NvmlPowerMeter(PowerMeter):
             return None
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(self._nvml.NVMLError):
             self._nvml.nvmlShutdown()
-        except self._nvml.NVMLError:
-            pass
 
 
 def open_nvml(index: int) -> NvmlPowerMeter | None:

@@ -2,6 +2,7 @@
 throughput sweep over sequence lengths."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,6 +27,23 @@ def decode_throughput(
     return batch * new_tokens / seconds
 
 
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ids: torch.Tensor,
+               autocast_dtype: torch.dtype | None) -> Callable[[], None]:
+    """One optimizer step (forward with the chunked loss, backward, update) on ``ids`` (B, T + 1),
+    synchronised with the device so a timer around it measures the whole step."""
+    device = ids.device
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = model(ids[:, :-1], targets=ids[:, 1:], return_logits=False).loss
+        loss.backward()
+        optimizer.step()
+        synchronize(device)
+
+    return step
+
+
 def training_throughput(
     variant: str, size: str, seq_lens: list[int], *, tokens_per_batch: int, device: str = "cpu",
     dtype: str | None = None, steps: int = 3, **overrides: Any,
@@ -43,15 +61,7 @@ def training_throughput(
     for seq_len in seq_lens:
         batch = max(1, tokens_per_batch // seq_len)
         ids = torch.randint(0, model.config.vocab_size, (batch, seq_len + 1), device=target)
-
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(target.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                loss = model(ids[:, :-1], targets=ids[:, 1:], return_logits=False).loss
-            loss.backward()
-            optimizer.step()
-
-        seconds = timed(step, target, warmup=1, repeat=steps)
+        seconds = timed(train_step(model, optimizer, ids, autocast_dtype), target, warmup=1, repeat=steps)
         results.append((seq_len, batch * seq_len / seconds))
     synchronize(target)
     return results

@@ -7,6 +7,8 @@ Layout of ``out``: ``train/<unit>.bin`` and ``val/<unit>.bin`` (raw uint16/uint3
 """
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 import multiprocessing
@@ -95,10 +97,8 @@ class _ShardWriter:
 
     def abort(self, exc: BaseException) -> None:
         self.fh.close()
-        try:
+        with contextlib.suppress(Exception):  # the caller re-raises ``exc``; cleanup must not mask it
             self._ctx.__exit__(type(exc), exc, exc.__traceback__)
-        except BaseException:
-            pass
 
 
 _WORKER_TOKENIZER: dict[str, Tokenizer] = {}
