@@ -381,7 +381,7 @@ def document_text(path: Path, fmt: str) -> str:
 STOPWORDS = frozenset("""the of and to a in is that for it as with be on not this are by or from an at which can
 if will you have was but all they their there more when one has its so may been we these than other into only
 also would should must any each such what how some use used no do does then them your our were he she his her
-who about because while those where most both".""".replace('"', "").replace(".", "").split())
+who about because while those where most both""".split())  # common English function words
 _WORD = re.compile(r"[A-Za-z]+")
 _CODE_LINE = re.compile(r"[;{}]$|^(?:#\s*(?:include|define|if|endif)\b|\$ |# |>>> |\.\.\. |//|/\*|\*/)")
 
@@ -481,6 +481,7 @@ class ShardWriter:
 
 
 def read_shard_texts(path: Path) -> Iterator[str]:
+    """The ``text`` of every line of a finished JSONL shard."""
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             yield json.loads(line)["text"]
@@ -549,7 +550,7 @@ def build_package_text(package: str, root: Path, out: Path, settings: CleanSetti
         if writer is not None:
             shards.append(_finish_shard(writer, out, first, len(files), dropped))
         elif dropped and shards:  # documents dropped after the last shard: count them with it
-            shards[-1]["dropped"] = dict(Counter(shards[-1]["dropped"]) + dropped)
+            shards[-1].update(dropped=dict(Counter(shards[-1]["dropped"]) + dropped), next_file=len(files))
             write_json(out / "parts" / f"{package}-{len(shards) - 1:04d}.json", shards[-1])
         elif dropped:
             shards.append({"path": None, "first_file": first, "next_file": len(files), "documents": 0,

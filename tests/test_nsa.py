@@ -265,11 +265,16 @@ def test_presets_and_overrides():
     ({"nsa_selected_blocks": 2}, ConfigError, "always selected"),
     ({"nsa_window": 0}, ConfigError, "positive"),
     ({"nsa_shared_kv": "yes"}, ConfigError, "true or false"),
-    ({"position": "alibi"}, ConfigError, "score-bias"),
+    ({"position": "alibi"}, ConfigError, "does not support position 'alibi'"),
 ], ids=lambda v: str(v)[:24])
 def test_bad_options_are_rejected(options, error, match):
     with pytest.raises(error, match=match):
         effzoo.build("nsa", "tiny", device="meta", **options)
+
+
+def test_nsa_attention_on_another_recipe_still_refuses_score_biases():
+    with pytest.raises(ConfigError, match="score-bias"):
+        effzoo.build("mha", "tiny", device="meta", attention="nsa", position="relative")
 
 
 def test_a_given_selection_is_used_by_both_paths():
