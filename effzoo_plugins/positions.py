@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +61,31 @@ def alibi_slopes(n_heads: int) -> Tensor:
     return torch.tensor(slopes, dtype=torch.float32)
 
 
+def _alibi_score_mod(slopes: Tensor) -> ScoreMod:
+    def alibi(score, b, h, q_idx, kv_idx):  # type: ignore[no-untyped-def]
+        return score + slopes[h] * (kv_idx - q_idx)
+
+    return alibi
+
+
+def _relative_score_mod(table: Tensor, limit: int) -> ScoreMod:
+    def relative(score, b, h, q_idx, kv_idx):  # type: ignore[no-untyped-def]
+        index = torch.clamp(kv_idx - q_idx, -limit, limit) + limit
+        return score + table[index, h]
+
+    return relative
+
+
+def _cached_score_mod(module: nn.Module, tensor: Tensor, make: Callable[[Tensor], ScoreMod]) -> ScoreMod:
+    """One score_mod function per module and captured tensor: a new closure on every forward would make a
+    compiled FlexAttention re-trace, while a stale one would read a tensor the module no longer holds."""
+    cached = module.__dict__.get("_score_mod_cache")
+    if cached is None or cached[0] is not tensor:
+        cached = (tensor, make(tensor))
+        module.__dict__["_score_mod_cache"] = cached
+    return cached[1]
+
+
 class ALiBi(PositionalEncoding):
     """Attention with Linear Biases: score += slope_h · (k − q); no parameters."""
 
@@ -77,12 +104,7 @@ class ALiBi(PositionalEncoding):
         return self.slopes[:, None, None] * distance[None]
 
     def score_mod(self) -> ScoreMod:
-        slopes = self.slopes
-
-        def alibi(score, b, h, q_idx, kv_idx):  # type: ignore[no-untyped-def]
-            return score + slopes[h] * (kv_idx - q_idx)
-
-        return alibi
+        return _cached_score_mod(self, self.slopes, _alibi_score_mod)
 
 
 class RelativeBias(PositionalEncoding):
@@ -107,13 +129,7 @@ class RelativeBias(PositionalEncoding):
         return self.table[self._index(distance)].permute(2, 0, 1)
 
     def score_mod(self) -> ScoreMod:
-        table, limit = self.table, self.max_distance
-
-        def relative(score, b, h, q_idx, kv_idx):  # type: ignore[no-untyped-def]
-            index = torch.clamp(kv_idx - q_idx, -limit, limit) + limit
-            return score + table[index, h]
-
-        return relative
+        return _cached_score_mod(self, self.table, partial(_relative_score_mod, limit=self.max_distance))
 
 
 class SinusoidalEncoding(PositionalEncoding):

@@ -98,3 +98,17 @@ def test_model_level_backends_agree():
     ids = torch.randint(0, 512, (2, 21))
     torch.testing.assert_close(model(ids, backend="sdpa").logits, model(ids, backend="reference").logits,
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("position", ["alibi", "relative"])
+def test_score_mod_is_reused_but_never_stale(position):
+    """Compiled FlexAttention re-traces on a new score_mod closure: reuse one, but it must always read the
+    module's current tensors (buffers are replaced by .to()/.double(), parameters keep their identity)."""
+    model = effzoo.build("gqa", "tiny", position=position)
+    assert model.position.score_mod() is model.position.score_mod()
+    model.double()
+    fn, pos = model.position.score_mod(), torch.arange(5)
+    bias = model.position.bias(pos, pos)
+    for h, q, k in [(0, 4, 1), (3, 2, 0), (1, 3, 3)]:
+        got = fn(torch.zeros((), dtype=torch.float64), 0, torch.tensor(h), torch.tensor(q), torch.tensor(k))
+        assert got.dtype == torch.float64 and got.item() == bias[h, q, k].item()
