@@ -45,8 +45,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(stats, indent=2))
         return 0
     cfg = stats["config"]
-    print(f"{stats['variant']} {stats['size']}: {cfg['n_layers']} layers, d_model {cfg['d_model']}, "
-          f"{cfg['n_heads']} heads / {cfg['n_kv_heads']} kv heads, position {cfg['position']}, ffn {cfg['ffn']}")
+    kinds = cfg["layers"] or [cfg["block"]]
+    heads = f", {cfg['n_heads']} heads / {cfg['n_kv_heads']} kv heads" if "transformer" in kinds else ""
+    blocks = ", ".join(f"{kinds.count(k)}× {k}" for k in dict.fromkeys(kinds)) if cfg["layers"] else cfg["block"]
+    print(f"{stats['variant']} {stats['size']}: {cfg['n_layers']} layers ({blocks}), d_model {cfg['d_model']}"
+          f"{heads}, position {cfg['position']}, ffn {cfg['ffn']}")
     rows = [
         ("parameters", f"{stats['params']:,}"),
         ("embedding parameters", f"{stats['embedding_params']:,}"),
