@@ -178,6 +178,35 @@ def test_nvml_meter_prefers_the_energy_counter():
     assert fallback.source == "nvml-power" and fallback.read().energy_j is None and fallback.read().power_w == 310.5
 
 
+def test_nvml_handle_follows_the_cuda_uuid(monkeypatch):
+    """NVML is opened by the UUID CUDA reports (exact under any CUDA_VISIBLE_DEVICES / CUDA_DEVICE_ORDER),
+    and by the CUDA_VISIBLE_DEVICES entry when CUDA cannot tell or NVML does not know the UUID."""
+    from effzoo.backends import cuda as cuda_backend
+
+    nvml = _fake_pynvml(energy=True)
+    known = {"GPU-58e7d2e9-0000": "by-uuid"}
+
+    def by_uuid(uuid):
+        if uuid not in known:
+            raise _FakeNvmlError(uuid)
+        return known[uuid]
+
+    nvml.nvmlDeviceGetHandleByUUID, nvml.nvmlDeviceGetHandleByIndex = by_uuid, lambda i: f"index-{i}"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")
+    props = types.SimpleNamespace(uuid="58e7d2e9-0000")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    assert cuda_backend.cuda_uuid(0) == "GPU-58e7d2e9-0000"
+    assert cuda_backend._nvml_handle(nvml, 1) == "by-uuid"
+    props.uuid = "ffff"  # NVML does not know it: fall back to the visible-devices entry
+    assert cuda_backend._nvml_handle(nvml, 1) == "index-1"
+
+    def no_cuda(index):
+        raise RuntimeError("no CUDA")
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", no_cuda)
+    assert cuda_backend.cuda_uuid(0) is None and cuda_backend._nvml_handle(nvml, 0) == "index-3"
+
+
 def test_peak_tables():
     assert peak_from_table("NVIDIA H100 80GB HBM3", torch.bfloat16, CUDA_PEAK_FLOPS) == (989e12, "table:H100")
     assert peak_from_table("NVIDIA H100 PCIe", torch.bfloat16, CUDA_PEAK_FLOPS)[0] == 756e12

@@ -183,6 +183,24 @@ def test_configuration_errors_are_clear():
         m1(torch.randn(1, 4, 128))
 
 
+def test_triton_backend_is_chosen_only_for_dims_its_kernel_holds(monkeypatch):
+    """The SSD kernel keeps a whole head_dim / d_state row in one tile: larger sizes must not reach it."""
+    pytest.importorskip("triton", reason="triton is not installed")
+    monkeypatch.setattr(kernels, "mamba_ssm_missing", lambda: "not installed")
+    cuda = torch.device("cuda")  # resolution only: nothing is allocated on the device
+    limit = kernels.TRITON_MAX_DIM
+    assert kernels.resolve_backend("auto", cuda, has_triton_kernel=True, dims=(64, limit)) == "triton"
+    with pytest.warns(UserWarning, match="reference SSD"):
+        assert kernels.resolve_backend("auto", cuda, has_triton_kernel=True, dims=(64, 2 * limit)) == "reference"
+    with pytest.raises(ConfigError, match=f"<= {limit}"):
+        kernels.resolve_backend("triton", cuda, has_triton_kernel=True, dims=(2 * limit, 16))
+    from effzoo_plugins.mamba.triton_ssd import ssd_chunked_triton
+
+    x, dt, A, B, C, _ = _ssd_inputs(length=4, head_dim=4, d_state=limit + 16)
+    with pytest.raises(ValueError, match="d_state"):
+        ssd_chunked_triton(x, dt, A, B, C, 16)
+
+
 def test_explicit_mamba_ssm_backend_explains_how_to_install():
     if kernels.mamba_ssm_missing() is None and torch.cuda.is_available():
         pytest.skip("mamba-ssm is usable here; covered by test_mamba_ssm_matches_reference")

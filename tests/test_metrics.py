@@ -187,3 +187,37 @@ def test_model_fused_loss_matches_logits_loss():
     torch.testing.assert_close(fused.loss, plain.loss, rtol=1e-5, atol=1e-6)
     for a, b in zip(grads, model.parameters()):
         torch.testing.assert_close(b.grad, a, rtol=1e-4, atol=1e-6)
+
+
+def _fp16_loss_and_grads(hidden, weight, targets, rows, scale):
+    """Loss and unscaled gradients of the chunked loss under fp16 autocast with a GradScaler-like ``scale``."""
+    hidden, weight = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = linear_cross_entropy(hidden, weight, targets, rows=rows)
+    (loss * scale).backward()
+    return loss, hidden.grad / scale, weight.grad / scale
+
+
+def test_linear_cross_entropy_fp16_gradients_do_not_underflow():
+    """Softmax gradients divided by the token count are below fp16's range; they must survive the
+    fp16 matmuls (the loss scale is only known in backward)."""
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(8192, 8) * 0.1, torch.randn(512, 8) * 0.1
+    targets = torch.randint(0, 512, (8192,))
+    hidden64, weight64 = hidden.double().requires_grad_(), weight.double().requires_grad_()
+    F.cross_entropy(hidden64 @ weight64.T, targets).backward()
+    loss, grad_hidden, grad_weight = _fp16_loss_and_grads(hidden, weight, targets, rows=2048, scale=2.0**16)
+    assert grad_hidden.dtype == torch.float32 and torch.isfinite(loss)
+    torch.testing.assert_close(grad_hidden.double(), hidden64.grad, rtol=2e-2, atol=1e-7)
+    torch.testing.assert_close(grad_weight.double(), weight64.grad, rtol=2e-2, atol=1e-5)
+
+
+def test_linear_cross_entropy_fp16_weight_gradient_does_not_overflow():
+    """One target for every row and large activations: a column of g.T @ h would exceed fp16's range."""
+    torch.manual_seed(0)
+    hidden, weight = torch.full((4096, 4), 40.0), torch.zeros(64, 4)
+    targets = torch.zeros(4096, dtype=torch.long)
+    loss, grad_hidden, grad_weight = _fp16_loss_and_grads(hidden, weight, targets, rows=4096, scale=1.0)
+    want = torch.full((4,), -40.0 * 63 / 64)  # (p - 1) · h with p = 1/64, averaged over rows
+    assert torch.isfinite(grad_weight).all() and torch.isfinite(grad_hidden).all()
+    torch.testing.assert_close(grad_weight[0], want, rtol=1e-3, atol=1e-3)

@@ -134,9 +134,11 @@ def test_block_patterns_equal_the_reference_masks(ratio, length, offset, q_block
     ends = compressed_block_ends(n_cmp, SETTINGS, q.device)
     cmp_pattern = flex.compressed_pattern(length, ratio, offset, n_cmp, SETTINGS, q_block, kv_block=2)
     assert torch.equal(cmp_pattern.dense()[0, 0], folded(compressed_allowed(q_pos, ends), ratio))
-    slc_pattern = flex.selected_pattern(selection, ratio, offset, total, SETTINGS, q_block)
-    assert torch.equal(slc_pattern.dense(), folded(selected_allowed(q_pos, k_pos, selection, 8, n_blocks), ratio))
-    assert bool(slc_pattern.full.any()) and bool(slc_pattern.partial.any())  # both tile kinds exercised
+    want = folded(selected_allowed(q_pos, k_pos, selection, 8, n_blocks), ratio)
+    for kv_block in (8, 16):  # key tile = selection block, or two blocks per tile (as 128 vs 64 on CUDA)
+        slc_pattern = flex.selected_pattern(selection, ratio, offset, total, SETTINGS, q_block, kv_block=kv_block)
+        assert torch.equal(slc_pattern.dense(), want)
+        assert bool(slc_pattern.full.any()) and bool(slc_pattern.partial.any())  # both tile kinds exercised
 
 
 @pytest.mark.parametrize("ratio,length", [(2, 37), (7, 26)], ids=lambda v: str(v))

@@ -117,6 +117,17 @@ def test_kernel_resolution_and_messages(monkeypatch) -> None:
         assert kernels.resolve_kernel("auto", "cuda", 100, 48, 48) == "torch"  # tl.dot needs powers of two
 
 
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_explicit_triton_kernel_is_checked_before_launch(monkeypatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ConfigError, match="needs CUDA tensors"):
+        kernels.resolve_kernel("triton", "cpu", 100, 64, 64)
+    with pytest.raises(ConfigError, match="head sizes"):
+        kernels.resolve_kernel("triton", "cuda", 100, 48, 48)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert kernels.resolve_kernel("triton", "cpu", 100, 64, 64) == "triton"
+
 # -- the block and the model ----------------------------------------------------------------------
 
 def tiny_model(**overrides):

@@ -86,6 +86,27 @@ class NvmlPowerMeter(PowerMeter):
             self._nvml.nvmlShutdown()
 
 
+def cuda_uuid(index: int) -> str | None:
+    """NVML's UUID (``GPU-...``) of logical CUDA device ``index``, or None when CUDA cannot tell."""
+    try:
+        uuid = str(torch.cuda.get_device_properties(index).uuid)
+    except (RuntimeError, AssertionError, AttributeError):
+        return None
+    return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+
+
+def _nvml_handle(pynvml: Any, index: int) -> Any:
+    """The device's NVML handle by its UUID (exact whatever CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER
+    say), else by the CUDA_VISIBLE_DEVICES entry (an index in PCI order, or a full UUID)."""
+    uuid = cuda_uuid(index)
+    if uuid is not None:
+        with contextlib.suppress(pynvml.NVMLError):
+            return pynvml.nvmlDeviceGetHandleByUUID(uuid)
+    target = physical_index(index, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    return (pynvml.nvmlDeviceGetHandleByUUID(target) if isinstance(target, str)
+            else pynvml.nvmlDeviceGetHandleByIndex(target))
+
+
 def open_nvml(index: int) -> NvmlPowerMeter | None:
     """An NVML meter for logical device ``index``, or None without nvidia-ml-py / a driver."""
     try:
@@ -94,9 +115,7 @@ def open_nvml(index: int) -> NvmlPowerMeter | None:
         return None
     try:
         pynvml.nvmlInit()
-        target = physical_index(index, os.environ.get("CUDA_VISIBLE_DEVICES"))
-        handle = (pynvml.nvmlDeviceGetHandleByUUID(target) if isinstance(target, str)
-                  else pynvml.nvmlDeviceGetHandleByIndex(target))
+        handle = _nvml_handle(pynvml, index)
     except pynvml.NVMLError:
         return None
     return NvmlPowerMeter(pynvml, handle)

@@ -80,20 +80,36 @@ def sdpa_attention(
 ) -> Tensor:
     """``F.scaled_dot_product_attention``; fused kernels when there is no bias and no offset."""
     q_len, k_len = q.shape[2], k.shape[2]
-    gqa = q.shape[1] != k.shape[1]
-    if gqa and not q.is_cuda:  # CPU kernels handle enable_gqa (and strided cache views) very slowly
-        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-        gqa = False
+    heads, kv_heads = q.shape[1], k.shape[1]
     has_bias = position is not None and position.has_bias
     explicit = q_positions is not None or k_positions is not None
     if not has_bias and not explicit and (not causal or q_len == k_len or q_len == 1):
+        if heads != kv_heads and not q.is_cuda:  # CPU kernels run enable_gqa (and strided views) very slowly
+            k = k.repeat_interleave(heads // kv_heads, dim=1)
+            v = v.repeat_interleave(heads // kv_heads, dim=1)
         return F.scaled_dot_product_attention(
-            q, k, v, is_causal=causal and q_len == k_len and q_len > 1, scale=scale, enable_gqa=gqa
+            q, k, v, is_causal=causal and q_len == k_len and q_len > 1, scale=scale,
+            enable_gqa=heads != k.shape[1],
         )
     mask = _bias_and_mask(position, q_len, k_len, causal, q.device, q_positions, k_positions)
-    mask = mask.to(q.dtype) if mask is not None else None
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    if heads != kv_heads:
+        return _grouped_masked_sdpa(q, k, v, mask, scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype), scale=scale)
+
+
+def _grouped_masked_sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None) -> Tensor:
+    """Masked attention for grouped key/value heads without copying K/V: the G query heads that share a
+    key/value head are folded into the query axis, (B, Hk·G, Tq, D) -> (B, Hk, G·Tq, D), and the (H|1, Tq, Tk)
+    mask likewise. Masked kernels (memory-efficient, CPU) then apply, which ``enable_gqa`` would rule out."""
+    batch, heads, q_len, dim = q.shape
+    kv_heads, k_len = k.shape[1], k.shape[2]
+    group = heads // kv_heads
+    folded = q.reshape(batch, kv_heads, group * q_len, dim)
+    if mask is not None:
+        mask = mask.reshape(kv_heads, group * q_len, k_len) if mask.shape[0] == heads else mask.repeat(1, group, 1)
+        mask = mask.to(q.dtype)
+    out = F.scaled_dot_product_attention(folded, k, v, attn_mask=mask, scale=scale)
+    return out.reshape(batch, heads, q_len, v.shape[-1])
 
 
 @functools.lru_cache(maxsize=32)

@@ -22,6 +22,15 @@ def chunk_rows(vocab_size: int, elements: int = CHUNK_ELEMENTS) -> int:
     return max(128, (elements // vocab_size) // 128 * 128)
 
 
+def _overflow_guard(h: Tensor, rows: int, dtype: torch.dtype) -> Tensor | None:
+    """For fp16, a device-side factor <= 1 keeping ``rows`` · max|h| (the bound of a column of
+    g.T @ h with |g| <= 1) within half of fp16's range; None for wider-range dtypes. No host sync."""
+    if dtype != torch.float16:
+        return None
+    limit = torch.finfo(torch.float16).max / 2
+    return (limit / (h.abs().amax().float() * rows).clamp(min=1e-30)).clamp(max=1.0)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, rows: int,  # type: ignore[override]
@@ -32,7 +41,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         count = valid.sum().clamp(min=1).to(acc)
         safe_targets = targets.clamp(min=0)
         total = torch.zeros((), dtype=acc, device=hidden.device)
-        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        # Gradients stay in fp32 until backward applies grad_output (an fp16 loss scale, say); the
+        # 1/count of the mean is applied after the matmuls: probs/count underflows in fp16.
+        grad_hidden = torch.empty(hidden.shape, dtype=acc, device=hidden.device) if need_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_weight else None
         w = weight.to(compute_dtype)
         with torch.autocast(hidden.device.type, enabled=False):
@@ -48,20 +59,29 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     continue
                 probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
                 probs.scatter_add_(1, t, torch.full_like(t, -1, dtype=probs.dtype))
-                probs.mul_((keep / count)[:, None])
+                probs.mul_(keep[:, None])  # |g| <= 1: each row of g @ w stays within 2·max|w|
                 g = probs.to(compute_dtype)
                 if need_hidden:
-                    grad_hidden[start:stop] = (g @ w).to(hidden.dtype)
+                    grad_hidden[start:stop] = (g @ w).to(acc)
                 if need_weight:
-                    grad_weight += (g.T @ h).to(acc)
+                    # a column of g.T @ h sums up to (stop - start) rows: shrink g where fp16 could overflow
+                    shrink = _overflow_guard(h, stop - start, compute_dtype)
+                    if shrink is None:
+                        grad_weight += (g.T @ h).to(acc)
+                    else:
+                        grad_weight += ((probs * shrink).to(compute_dtype).T @ h).to(acc) / shrink
+        if grad_hidden is not None:
+            grad_hidden /= count
+        if grad_weight is not None:
+            grad_weight /= count
         ctx.save_for_backward(*(t for t in (grad_hidden, grad_weight) if t is not None))
-        ctx.weight_dtype = weight.dtype
+        ctx.hidden_dtype, ctx.weight_dtype = hidden.dtype, weight.dtype
         return total / count
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):  # type: ignore[override]
         saved = list(ctx.saved_tensors)
-        grad_hidden = saved.pop(0) * grad_output if ctx.needs_input_grad[0] else None
+        grad_hidden = (saved.pop(0) * grad_output).to(ctx.hidden_dtype) if ctx.needs_input_grad[0] else None
         grad_weight = (saved.pop(0) * grad_output).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
         return grad_hidden, grad_weight, None, None, None
 

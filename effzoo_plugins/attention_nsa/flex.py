@@ -146,11 +146,28 @@ def compressed_pattern(
                          length * ratio, n_compressed, q_block, kv_block)
 
 
+def _regroup_key_tiles(partial: Tensor, full: Tensor, block: int, tile: int, kv_len: int) -> tuple[Tensor, Tensor]:
+    """Tables over ``block``-key selection blocks -> tables over ``tile``-key tiles: a tile is listed if
+    any block overlapping it is, and full if all of them are."""
+    if tile == block:
+        return partial, full
+    device = partial.device
+    starts = torch.arange(partial.shape[-1], device=device) * block
+    tile_starts = torch.arange(0, kv_len, tile, device=device)
+    overlap = ((starts[:, None] < (tile_starts + tile)[None, :])
+               & ((starts + block)[:, None] > tile_starts[None, :])).float()  # (n_blocks, n_tiles)
+    listed = ((partial | full).float() @ overlap) > 0
+    all_full = (full.float() @ overlap) == overlap.sum(0)
+    return listed & ~all_full, all_full
+
+
 def selected_pattern(
     selection: Selection, ratio: int, offset: int, kv_len: int, settings: NSASettings,
-    q_block: int = Q_BLOCK, device: torch.device | None = None,
+    q_block: int = Q_BLOCK, device: torch.device | None = None, kv_block: int = KV_BLOCK,
 ) -> SparsePattern:
-    """Tokens of each query's selected blocks (keys from position 0), key tile = selection block."""
+    """Tokens of each query's selected blocks (keys from position 0) in ``kv_block``-key tiles. Key tiles
+    are 128 by default, not the selection block l' = 64: the CUDA kernels' tile sizes must divide the
+    BlockMask's, and H100's default FlexAttention backward tiles (128 keys) do not divide 64."""
     batch, groups, length, _ = selection.blocks.shape
     select_block, n_blocks = settings.select_block, settings.n_select_blocks(kv_len)
     table = selection_table(selection, n_blocks)
@@ -175,7 +192,8 @@ def selected_pattern(
         position = q_idx // ratio
         return table[b, h, position, kv_idx // select_block] & (kv_idx <= offset + position)
 
-    return SparsePattern(chosen, partial, full, length * ratio, kv_len, q_block, select_block)
+    partial, full = _regroup_key_tiles(partial, full, select_block, kv_block, kv_len)
+    return SparsePattern(chosen, partial, full, length * ratio, kv_len, q_block, kv_block)
 
 
 @torch.no_grad()

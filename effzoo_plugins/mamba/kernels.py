@@ -7,13 +7,15 @@ Backends (block option ``ssm_backend``):
   ``TRITON_INTERPRET=1``), no compile step;
 - ``mamba_ssm``: the ``mamba-ssm`` / ``causal-conv1d`` kernels (``pip install 'effzoo[kernels]'``,
   compiled against your CUDA toolkit);
-- ``auto``: ``mamba_ssm`` on CUDA when importable, else ``triton`` on CUDA (Mamba-2), else reference.
+- ``auto``: ``mamba_ssm`` on CUDA when importable, else ``triton`` on CUDA (Mamba-2, head_dim and
+  d_state <= ``TRITON_MAX_DIM``), else reference (with a warning on CUDA).
 """
 from __future__ import annotations
 
 import functools
 import importlib
 import os
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -22,6 +24,7 @@ from torch import Tensor
 from effzoo.errors import ConfigError
 
 BACKENDS = ("auto", "reference", "triton", "mamba_ssm")
+TRITON_MAX_DIM = 256  # effzoo's SSD kernel holds a whole head_dim / d_state row in one tile
 INSTALL_HINT = (
     "install the CUDA kernels with `pip install 'effzoo[kernels]'` (equivalently "
     "`pip install mamba-ssm causal-conv1d --no-build-isolation`; they compile against the installed torch "
@@ -70,8 +73,17 @@ def triton_missing(device: torch.device) -> str | None:
     return f"the Triton kernels need a CUDA device (or TRITON_INTERPRET=1 on CPU), got {device.type}"
 
 
-def resolve_backend(requested: str, device: torch.device, *, has_triton_kernel: bool) -> str:
-    """The backend that will run for ``requested`` on ``device``; explicit requests that cannot run raise."""
+def triton_dims_unsupported(dims: tuple[int, ...]) -> str | None:
+    """Why effzoo's SSD kernels cannot take these (head_dim, d_state) sizes (None when they can)."""
+    if max(dims, default=0) <= TRITON_MAX_DIM:
+        return None
+    return f"head_dim and d_state must be <= {TRITON_MAX_DIM} for the Triton SSD kernels, got {dims}"
+
+
+def resolve_backend(requested: str, device: torch.device, *, has_triton_kernel: bool,
+                    dims: tuple[int, ...] = ()) -> str:
+    """The backend that will run for ``requested`` on ``device``; explicit requests that cannot run raise.
+    ``dims`` are the block's (head_dim, d_state), checked against what the Triton kernels handle."""
     if requested not in BACKENDS:
         raise ConfigError(f"unknown ssm_backend {requested!r}; choose one of {', '.join(BACKENDS)}")
     if requested == "auto":
@@ -79,7 +91,14 @@ def resolve_backend(requested: str, device: torch.device, *, has_triton_kernel: 
             return "reference"
         if mamba_ssm_missing() is None:
             return "mamba_ssm"
-        return "triton" if has_triton_kernel and triton_missing(device) is None else "reference"
+        if not has_triton_kernel or triton_missing(device) is not None:
+            return "reference"
+        why = triton_dims_unsupported(dims)
+        if why:
+            warnings.warn(f"ssm_backend='auto' runs the PyTorch reference SSD on CUDA: {why}; "
+                          f"install mamba-ssm for fused kernels ({INSTALL_HINT})", stacklevel=2)
+            return "reference"
+        return "triton"
     if requested == "mamba_ssm":
         why = mamba_ssm_missing() or (None if device.type == "cuda" else "mamba-ssm kernels need a CUDA device")
         if why:
@@ -88,7 +107,7 @@ def resolve_backend(requested: str, device: torch.device, *, has_triton_kernel: 
         if not has_triton_kernel:
             raise ConfigError("ssm_backend='triton' exists for Mamba-2 (SSD) only; Mamba-1 uses "
                               "'mamba_ssm' (CUDA) or 'reference'")
-        why = triton_missing(device)
+        why = triton_missing(device) or triton_dims_unsupported(dims)
         if why:
             raise ConfigError(f"ssm_backend='triton' cannot run: {why}")
     return requested

@@ -53,7 +53,8 @@ class Mamba2Mixer(nn.Module):
 
     def resolved_backend(self, device: torch.device, ctx: MixContext | None = None) -> str:
         requested = "reference" if ctx is not None and ctx.backend == "reference" else self.backend
-        return resolve_backend(requested, device, has_triton_kernel=True)
+        return resolve_backend(requested, device, has_triton_kernel=True,
+                               dims=(self.head_dim, self.d_state))
 
     def forward(self, x: Tensor, ctx: MixContext | None = None,
                 state: MambaState | None = None) -> tuple[Tensor, MambaState | None]:

@@ -21,6 +21,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .kernels import TRITON_MAX_DIM
+
 BLOCK_L = 64  # rows per program inside a chunk (chunk sizes are multiples of it or smaller)
 
 
@@ -32,7 +34,8 @@ def _chunk_state(
     BLOCK_X: tl.constexpr, BLOCK_Y: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """out[b, c, h] = sum_j w_j X_j ⊗ Y_j with w_j = exp(cum_last - cum_j) (FROM_END) or exp(cum_j)."""
-    pid_xy, chunk, pid_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    # batch·heads on grid axis 0 (CUDA limits axes 1 and 2 to 65535); 64-bit ids keep offsets from overflowing
+    pid_bh, pid_xy, chunk = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2).to(tl.int64)
     bi, hi = pid_bh // H, pid_bh % H
     n_yb = (DY + BLOCK_Y - 1) // BLOCK_Y  # plain arithmetic: runs under the interpreter too
     offs_x = (pid_xy // n_yb) * BLOCK_X + tl.arange(0, BLOCK_X)
@@ -67,7 +70,7 @@ def _state_passing(
 ):
     """Forward: out[0] = init, out[c+1] = g_c out[c] + src[c]. REVERSE: out[NC] = init,
     out[c] = g_c out[c+1] + src[c]. g_c = exp(cum at the last step of chunk c); states flattened."""
-    pid_bh, pid_blk = tl.program_id(0), tl.program_id(1)
+    pid_bh, pid_blk = tl.program_id(0).to(tl.int64), tl.program_id(1)
     bi, hi = pid_bh // H, pid_bh % H
     offs = pid_blk * BLOCK + tl.arange(0, BLOCK)
     mask = offs < SIZE
@@ -100,7 +103,7 @@ def _intra_chunk(
 ):
     """out_i = e_i · Q_i S_c + sum_j (Q_i·K_j) exp(±(cum_i - cum_j)) V_j over j <= i (e_i = exp(cum_i))
     or, REVERSE, over j >= i with exponent cum_j - cum_i (e_i = exp(cum_last - cum_i))."""
-    pid_rv, chunk, pid_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_bh, pid_rv, chunk = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2).to(tl.int64)
     bi, hi = pid_bh // H, pid_bh % H
     n_vb = (DV + BLOCK_V - 1) // BLOCK_V
     row_block = pid_rv // n_vb
@@ -159,7 +162,7 @@ def _chunk_state_call(x: Tensor, y: Tensor, cum: Tensor, heads: int, chunk: int,
     dx, dy = x.shape[-1], y.shape[-1]
     out = torch.empty(batch, length // chunk, heads, dx, dy, device=x.device, dtype=torch.float32)
     bx, by = _block(dx), _block(dy)
-    grid = (triton.cdiv(dx, bx) * triton.cdiv(dy, by), length // chunk, batch * heads)
+    grid = (batch * heads, triton.cdiv(dx, bx) * triton.cdiv(dy, by), length // chunk)
     _chunk_state[grid](
         x, y, cum, out, heads, dx, dy, heads // x.shape[2], heads // y.shape[2],
         *x.stride(), *y.stride(), *cum.stride(), *out.stride(),
@@ -189,12 +192,15 @@ def _intra_chunk_call(q: Tensor, k: Tensor, v: Tensor, s: Tensor, cum: Tensor, h
     out = torch.empty(batch, length, heads, dv, device=q.device, dtype=torch.float32)
     block_l = min(BLOCK_L, chunk)
     bv = _block(dv)
-    grid = ((chunk // block_l) * triton.cdiv(dv, bv), length // chunk, batch * heads)
+    bq = _block(dq, TRITON_MAX_DIM)  # the whole of DQ in one tile: callers keep dims <= TRITON_MAX_DIM
+    grid = (batch * heads, (chunk // block_l) * triton.cdiv(dv, bv), length // chunk)
     _intra_chunk[grid](
         q, k, v, s, cum, out, heads, dq, dv, heads // q.shape[2], heads // k.shape[2], heads // v.shape[2],
         *q.stride(), *k.stride(), *v.stride(), *s.stride(), *cum.stride(), *out.stride(),
-        CHUNK=chunk, REVERSE=reverse, BLOCK_L=block_l, BLOCK_Q=_block(dq, 256), BLOCK_V=bv,
+        CHUNK=chunk, REVERSE=reverse, BLOCK_L=block_l, BLOCK_Q=bq, BLOCK_V=bv,
         PRECISION=_precision(q),
+        # float32 tiles at DQ = 256 need ~240 KB of shared memory with 3 stages (H100 allows 227 KB)
+        num_stages=2 if q.element_size() * bq > 512 else 3,
     )
     return out
 
@@ -245,8 +251,11 @@ def ssd_chunked_triton(
     initial_state: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Same contract as :func:`.ssd_reference.ssd_chunked`, computed by the Triton kernels
-    (``chunk_size`` is rounded down to a power of two >= 16)."""
+    (``chunk_size`` is rounded down to a power of two >= 16; head_dim, d_state <= TRITON_MAX_DIM)."""
     batch, length, heads, head_dim = x.shape
+    if max(head_dim, B.shape[-1]) > TRITON_MAX_DIM:
+        raise ValueError(f"the Triton SSD kernels need head_dim and d_state <= {TRITON_MAX_DIM}, got "
+                         f"{head_dim} and {B.shape[-1]}; use ssm_backend='reference' or 'mamba_ssm'")
     # Chunking changes the schedule, not the result: use a power of two >= 16, no longer than needed.
     chunk_size = max(16, 1 << (max(chunk_size, 1).bit_length() - 1))
     chunk_size = min(chunk_size, max(16, triton.next_power_of_2(length)))

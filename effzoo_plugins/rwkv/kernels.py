@@ -76,9 +76,23 @@ def resolve_kernel(kernel: str, device_type: str, length: int, key_dim: int, val
         raise ConfigError(f"rwkv_kernel='fla' needs CUDA tensors, got {device_type}; use 'torch' on this device")
     if kernel == "fla" and not has_fla():
         raise ConfigError(FLA_MISSING)
-    if kernel == "triton" and not has_triton():
-        raise ConfigError("rwkv_kernel='triton' needs the triton package (`pip install 'effzoo[cuda]'`)")
+    if kernel == "triton":
+        _check_triton(device_type, key_dim, value_dim)
     return kernel
+
+
+def _check_triton(device_type: str, key_dim: int, value_dim: int) -> None:
+    """Raise ConfigError when effzoo's Triton scan cannot run here (no triton, no GPU, head sizes)."""
+    if not has_triton():
+        raise ConfigError("rwkv_kernel='triton' needs the triton package (`pip install 'effzoo[cuda]'`)")
+    from .triton_chunk import SUPPORTED_DIMS, interpreting, supports
+
+    if device_type != "cuda" and not interpreting():
+        raise ConfigError(f"rwkv_kernel='triton' needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got "
+                          f"{device_type}; use 'torch' on this device")
+    if not supports(key_dim, value_dim):
+        raise ConfigError(f"rwkv_kernel='triton' needs head sizes in {SUPPORTED_DIMS}, got K={key_dim}, "
+                          f"V={value_dim}; use rwkv_kernel='torch' (or 'auto', which falls back to it)")
 
 
 def wkv7(

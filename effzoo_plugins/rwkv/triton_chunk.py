@@ -33,8 +33,8 @@ def _scan(
 
     ``visited[n]`` receives x as it enters step n; ``final`` the x left after the last step.
     """
-    i_v = tl.program_id(0)
-    i_bh = tl.program_id(1).to(tl.int64)
+    i_bh = tl.program_id(0).to(tl.int64)  # batch·heads on axis 0: CUDA limits grid axes 1 and 2 to 65535
+    i_v = tl.program_id(1)
     rows = tl.arange(0, K)
     cols = i_v * BV + tl.arange(0, BV)
     tile = rows[:, None] * V + cols[None, :]
@@ -63,7 +63,8 @@ def _kernel(interpret: bool):  # noqa: ARG001 - the cache key: triton.jit picks 
     return triton.jit(_scan)
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
+    """Whether TRITON_INTERPRET asks Triton to run kernels on CPU."""
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
@@ -74,8 +75,8 @@ def _run_scan(mat: Tensor, add: Tensor, init: Tensor | None, *, adjoint: bool) -
     visited = torch.empty_like(add)
     final = torch.empty(batch, heads, key_dim, value_dim, dtype=add.dtype, device=add.device)
     block_v = min(32, value_dim)
-    grid = (value_dim // block_v, batch * heads)
-    _kernel(_interpreting())[grid](
+    grid = (batch * heads, value_dim // block_v)
+    _kernel(interpreting())[grid](
         mat, add, init.contiguous() if init is not None else final, visited, final, chunks,
         K=key_dim, V=value_dim, BV=block_v, TRANSPOSE=adjoint, REVERSE=adjoint, HAS_INIT=init is not None,
     )
