@@ -266,7 +266,7 @@ def ssd_chunked_triton(
         xd, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (xd, B, C))
         log_decay = F.pad(log_decay, (0, 0, 0, pad))
     total = length + pad
-    cum = log_decay.view(batch, total // chunk_size, chunk_size, heads).cumsum(2).view(batch, total, heads)
+    cum = log_decay.reshape(batch, total // chunk_size, chunk_size, heads).cumsum(2).reshape(batch, total, heads)
     if initial_state is None:
         initial_state = x.new_zeros(batch, heads, head_dim, B.shape[-1], dtype=torch.float32)
     y, final = _SSDCore.apply(xd.contiguous(), cum.contiguous(), B.contiguous(), C.contiguous(),
