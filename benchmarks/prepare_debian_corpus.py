@@ -162,9 +162,9 @@ def resolve_packages(names: list[str], debs: Path, *, skip_missing: bool = False
     """Download ``names`` and follow meta-packages to the documentation packages they depend on."""
     resolved: list[PackageDeb] = []
     seen: set[str] = set()
-    todo = [(name, name) for name in names]
-    while todo:
-        name, requested = todo.pop(0)
+    pending = [(name, name) for name in names]
+    while pending:
+        name, requested = pending.pop(0)
         if name in seen:
             continue
         seen.add(name)
@@ -178,7 +178,7 @@ def resolve_packages(names: list[str], debs: Path, *, skip_missing: bool = False
         fields = deb_fields(deb)
         targets = doc_dependencies(fields)
         if targets:
-            todo[:0] = [(t, requested) for t in targets]
+            pending[:0] = [(t, requested) for t in targets]
         else:
             resolved.append(PackageDeb(fields.get("Package", name), fields.get("Version", "?"), deb, requested))
     return resolved

@@ -16,10 +16,9 @@ from collections.abc import Callable
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import effzoo
-from effzoo.bench.speed import train_step
+from effzoo.bench.speed import dense_causal_attention, train_step
 from effzoo.bench.timing import synchronize
 from effzoo_plugins.mamba import kernels
 from effzoo_plugins.mamba.ssd_reference import ssd_chunked
@@ -130,15 +129,7 @@ def test_dense_causal_sdpa_fwd_bwd(benchmark, length: int) -> None:
         return [torch.randn(1, ATTN_HEADS, length, ATTN_DIM, device=DEVICE, dtype=DTYPE, requires_grad=True)
                 for _ in range(3)]
 
-    def attention(q, k, v):  # type: ignore[no-untyped-def]
-        if CUDA:
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]):
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-
-    benchmark.pedantic(_fwd_bwd(make, attention), **ROUNDS)
+    benchmark.pedantic(_fwd_bwd(make, dense_causal_attention), **ROUNDS)
     _record(benchmark, length, heads=ATTN_HEADS, head_dim=ATTN_DIM)
 
 

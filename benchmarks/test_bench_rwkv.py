@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import effzoo
+from effzoo.bench.speed import dense_causal_attention
 from effzoo.bench.timing import synchronize
 from effzoo_plugins.rwkv import kernels
 
@@ -89,15 +90,7 @@ def test_dense_causal_sdpa_fwd_bwd(benchmark, length: int) -> None:
     inputs = [torch.randn(1, ATTN_HEADS, length, ATTN_DIM, generator=g).to(DEVICE, DTYPE).requires_grad_()
               for _ in range(3)]
 
-    def attention(q, k, v):  # type: ignore[no-untyped-def]
-        if CUDA:
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]):
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-
-    benchmark.pedantic(_fwd_bwd(inputs, attention), **ROUNDS)
+    benchmark.pedantic(_fwd_bwd(inputs, dense_causal_attention), **ROUNDS)
     _record(benchmark, length, heads=ATTN_HEADS, head_dim=ATTN_DIM)
 
 

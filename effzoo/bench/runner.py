@@ -130,13 +130,13 @@ def run_suite(settings: BenchSettings) -> list[dict[str, Any]]:
     out = Path(settings.out)
     entries = suite_entries(settings.suite, settings.sizes, quick=settings.quick)
     rows_by_run: dict[str, dict[str, Any]] = {}
-    todo = list(dict.fromkeys(e.run_id for e in entries))
+    pending = list(dict.fromkeys(e.run_id for e in entries))
     for entry in entries:
         if entry.run_id in rows_by_run:
             continue
         run_dir = out / "runs" / entry.run_id
         row_path = run_dir / ROW_NAME
-        counter = f"[{todo.index(entry.run_id) + 1}/{len(todo)}] {entry.run_id}"
+        counter = f"[{pending.index(entry.run_id) + 1}/{len(pending)}] {entry.run_id}"
         if row_path.exists():
             print(f"{counter}: finished earlier, reusing {row_path}", flush=True)
             rows_by_run[entry.run_id] = json.loads(row_path.read_text())

@@ -216,24 +216,24 @@ def tokenize(
     _settings_match(root, settings, overwrite)
     _WORKER_TOKENIZER[tok.spec] = tok
     parts: dict[int, dict[str, Any]] = {}
-    todo = []
+    pending = []
     for unit in units:
         done = _finished(root, unit)
         if done is None:
-            todo.append(unit)
+            pending.append(unit)
         else:
             parts[unit.index] = done
-    bar = _progress(progress, sum(u.size for u in todo), len(units) - len(todo))
+    bar = _progress(progress, sum(u.size for u in pending), len(units) - len(pending))
     try:
-        if workers > 1 and len(todo) > 1:
+        if workers > 1 and len(pending) > 1:
             ctx = multiprocessing.get_context(_start_method())
-            with ctx.Pool(min(workers, len(todo)), initializer=_quiet_worker) as pool:
-                jobs = [pool.apply_async(tokenize_unit, (u, str(root), settings)) for u in todo]
-                for unit, job in zip(todo, jobs):
+            with ctx.Pool(min(workers, len(pending)), initializer=_quiet_worker) as pool:
+                jobs = [pool.apply_async(tokenize_unit, (u, str(root), settings)) for u in pending]
+                for unit, job in zip(pending, jobs):
                     parts[unit.index] = job.get()
                     bar.update(unit.size)
         else:
-            for unit in todo:
+            for unit in pending:
                 parts[unit.index] = tokenize_unit(unit, str(root), settings)
                 bar.update(unit.size)
     finally:

@@ -48,7 +48,10 @@ def init_distributed(info: DistInfo, backend: str, device: torch.device) -> None
 
 
 def shutdown() -> None:
+    """Leave the process group; the barrier first lets every rank finish its last collective, so no rank
+    tears down gloo/NCCL threads while a peer still talks to it (seen as SIGABRT at exit on gloo)."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
