@@ -51,8 +51,8 @@ class BenchSettings:
 
     @classmethod
     def quick_defaults(cls, **changes: Any) -> "BenchSettings":
-        """Tiny models on the embedded corpus on CPU: the whole suite in a few minutes."""
-        base = dict(quick=True, seq_len=128, batch_size=8, steps=60, eval_every=30, backend="cpu",
+        """Tiny models on the embedded corpus (GPU when there is one, else CPU): the suite in minutes."""
+        base = dict(quick=True, seq_len=128, batch_size=8, steps=60, eval_every=30, backend="auto",
                     decode_prompt=32, decode_tokens=32, sweep_seq_lens=[64, 128, 256], sweep_tokens=1024,
                     train_overrides={"lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 5})
         base.update({k: v for k, v in changes.items() if v is not None})
