@@ -5,6 +5,8 @@
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
 from .analysis import info
@@ -16,13 +18,16 @@ from .interfaces import Attention, MixContext, MixerBlock, PositionalEncoding, R
 from .pretrained import from_pretrained, save_pretrained
 from .registry import REGISTRY, Capabilities, VariantSpec
 
+if TYPE_CHECKING:
+    from .plugins import PluginReport
+
 
 def list_variants(pattern: str = "*", **filters: object) -> list[VariantSpec]:
     """Registered variants matching ``pattern`` (fnmatch) and capability filters, e.g. ``kv_cache=True``."""
     return REGISTRY.list_variants(pattern, **filters)
 
 
-def plugin_reports() -> list:
+def plugin_reports() -> list[PluginReport]:
     """One report per plugin found: name, distribution, version and the error if it failed."""
     return REGISTRY.ensure_loaded().reports
 

@@ -26,11 +26,31 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def write_text(target: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` as UTF-8 atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(target)
+
+
 def write_json(target: str | os.PathLike[str], document: Any) -> Path:
     """Write ``document`` as indented JSON atomically."""
-    with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return Path(target)
+    return write_text(target, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+
+
+@contextmanager
+def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``target``; on success it replaces ``target`` (see
+    :func:`replace_dir`), on error it is removed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        replace_dir(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def replace_dir(staging: Path, target: Path) -> None:

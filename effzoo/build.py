@@ -138,6 +138,17 @@ def build_from_config(
     return model
 
 
+def build_empty(
+    config: ModelConfig, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> torch.nn.Module:
+    """``config`` with uninitialised weights on ``device`` (to load a checkpoint into), its
+    non-persistent buffers computed."""
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    model = build_from_config(config, device="meta", dtype=dtype).to_empty(device=target)
+    model.init_buffers()
+    return model
+
+
 def build(
     variant: str, size: str = "tiny", *, device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None, **overrides: Any,

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, unknown_keys_error
 
 
 @dataclass
@@ -90,22 +90,26 @@ class ModelConfig:
 
     @classmethod
     def core_fields(cls) -> set[str]:
+        """Names of the dataclass fields other than ``options`` (what plugin options may not reuse)."""
         return {f.name for f in dataclasses.fields(cls)} - {"options"}
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field, ``options`` included, as plain JSON-serialisable values."""
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """The inverse of :meth:`to_dict`; unknown keys raise ConfigError with close matches."""
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - valid
         if unknown:
-            from .errors import unknown_keys_error
-
-            raise unknown_keys_error("config keys", unknown, {f.name for f in dataclasses.fields(cls)})
+            raise unknown_keys_error("config keys", unknown, valid)
         return cls(**data)
 
     def to_json(self) -> str:
+        """:meth:`to_dict` as indented JSON with sorted keys."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)

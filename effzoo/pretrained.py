@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_model, save_model
 
-from .atomic import replace_dir
+from .atomic import atomic_dir
 from .config import ModelConfig
 from .errors import ConfigError
 
@@ -34,19 +32,17 @@ def config_document(config: ModelConfig) -> dict[str, Any]:
     }
 
 
+def write_config(directory: Path, config: ModelConfig) -> None:
+    """Write ``directory/config.json`` (see :func:`config_document`)."""
+    (directory / CONFIG_NAME).write_text(json.dumps(config_document(config), indent=2, sort_keys=True))
+
+
 def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike[str]) -> Path:
     """Write the model atomically: everything goes to a temporary sibling folder, then one rename."""
-    target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        (staging / CONFIG_NAME).write_text(json.dumps(config_document(model.config), indent=2, sort_keys=True))
+    with atomic_dir(directory) as staging:
+        write_config(staging, model.config)
         save_model(model, str(staging / WEIGHTS_NAME))
-        replace_dir(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+    return Path(directory)
 
 
 def read_config(directory: str | os.PathLike[str]) -> ModelConfig:
@@ -68,15 +64,11 @@ def from_pretrained(
     dtype: str | torch.dtype | None = None,
 ) -> torch.nn.Module:
     """Rebuild a model saved by ``save_pretrained`` (every weight must match the config)."""
-    from .build import build_from_config, parse_dtype
+    from .build import build_empty, parse_dtype
 
-    target = torch.device(device) if device is not None else torch.device("cpu")
-    model = build_from_config(read_config(directory), device="meta").to_empty(device=target)
-    for module in model.modules():  # non-persistent buffers (RoPE frequencies, ALiBi slopes)
-        if hasattr(module, "_init_buffers"):
-            module._init_buffers()
+    model = build_empty(read_config(directory), device=device)
     try:
-        load_model(model, str(Path(directory) / WEIGHTS_NAME), strict=True, device=str(target))
+        load_model(model, str(Path(directory) / WEIGHTS_NAME), strict=True, device=str(model.embed.weight.device))
     except RuntimeError as exc:
         raise ConfigError(f"weights in {directory} do not match its config.json: {exc}") from exc
     torch_dtype = parse_dtype(dtype)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import ConfigError, PluginError, UnknownNameError
+from .errors import ConfigError, PluginError, UnknownNameError, unknown_keys_error
 
 COMPONENT_KINDS = ("attention", "position", "block", "ffn", "router", "norm")
 
@@ -112,7 +112,7 @@ class Registry:
         table = self.variants if kind == "variant" else self.components.get(kind)
         if table is None:
             raise ConfigError(f"unknown component kind {kind!r}; kinds: variant, {', '.join(COMPONENT_KINDS)}")
-        key = str(name).lower().replace("-", "_")
+        key = _key(name)
         if key in table:
             return key
         if key in self.aliases[kind]:
@@ -150,8 +150,6 @@ class Registry:
         valid = {f.name for f in fields(Capabilities)} | {"group", "family", "plugin"}
         bad = set(capabilities) - valid
         if bad:
-            from .errors import unknown_keys_error
-
             raise unknown_keys_error("variant filters", bad, valid)
         out = []
         for name in self.names("variant"):
@@ -280,6 +278,7 @@ class Registrar:
 
 
 def _key(name: str) -> str:
+    """The canonical spelling of a registered name: lower case, ``-`` as ``_``."""
     return str(name).lower().replace("-", "_")
 
 

@@ -36,10 +36,9 @@ def parse_size(size: str | SizeSpec) -> SizeSpec:
     text = str(size).strip()
     base, _, experts = text.lower().partition("x")
     if base in _NAMED:
-        n = int(experts) if experts.isdigit() else 1
         if experts and not experts.isdigit():
-            raise ConfigError(f"cannot parse size {size!r}: expert count must be a whole number")
-        return SizeSpec(base, n)
+            raise ConfigError(f"cannot parse size {size!r}: expert count must be a whole number, e.g. 'tinyx8'")
+        return SizeSpec(base, int(experts) if experts else 1)
     match = _PATTERN.match(text)
     if not match:
         raise ConfigError(

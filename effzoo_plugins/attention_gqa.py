@@ -53,6 +53,7 @@ class GroupedQueryAttention(Attention):
 
 
 def gqa(cfg: ModelConfig, layer: int = 0) -> GroupedQueryAttention:
+    """The ``gqa`` attention factory (MHA / GQA / MQA by ``n_kv_heads``)."""
     return GroupedQueryAttention(cfg, layer)
 
 

@@ -26,7 +26,9 @@ from effzoo.hookspecs import hookimpl
 from effzoo.interfaces import Attention, MixContext
 from effzoo.model.parts import make_norm
 from effzoo.ops.attention import attend
-from effzoo.registry import REGISTRY, Capabilities
+from effzoo.registry import Capabilities
+from effzoo_plugins.positions import position_kind
+from effzoo_plugins.transformer import kv_head_per_query_head
 
 QK_NOPE_HEAD_DIM = 64
 QK_ROPE_HEAD_DIM = 64
@@ -67,7 +69,7 @@ class MLADims:
         return self.kv_lora_rank + self.rope
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig) -> "MLADims":
+    def from_config(cls, cfg: ModelConfig) -> MLADims:
         dims = cls(
             n_heads=cfg.n_heads,
             kv_lora_rank=int(cfg.opt("kv_lora_rank")),
@@ -107,8 +109,7 @@ class MLADims:
                 f"rotary_dim={cfg.rotary_dim} must equal qk_rope_head_dim={self.rope} with MLA "
                 "(RoPE rotates exactly the decoupled dims); set qk_rope_head_dim only"
             )
-        kind = getattr(REGISTRY.component("position", cfg.position).load(), "kind", None)
-        if kind == "rotary" and self.rope == 0:
+        if position_kind(cfg.position) == "rotary" and self.rope == 0:
             raise ConfigError(
                 f"position {cfg.position!r} is rotary but qk_rope_head_dim=0 leaves MLA no dims to rotate; "
                 "set qk_rope_head_dim > 0 or choose a non-rotary position"
@@ -256,11 +257,8 @@ class MultiHeadLatentAttention(Attention):
 
 
 def mla(cfg: ModelConfig, layer: int = 0) -> MultiHeadLatentAttention:
+    """The ``mla`` attention factory."""
     return MultiHeadLatentAttention(cfg, layer)
-
-
-def _all_heads(preset: dict[str, Any]) -> int:
-    return preset["n_heads"]
 
 
 @hookimpl
@@ -272,13 +270,13 @@ def effzoo_register(register: Any) -> None:
     )
     register.add_variant(
         "mla", family="qwen2.5", group="attention",
-        defaults={"attention": "mla", "n_kv_heads": _all_heads},
+        defaults={"attention": "mla", "n_kv_heads": kv_head_per_query_head},
         capabilities=Capabilities(fast_path="sdpa/flex"),
         description="Multi-head latent attention, EfficientLLM dims: latent d_model/8, qk 64 nope + 64 rope (DeepSeek-V2)",
     )
     register.add_variant(
         "mla_dsv2", family="qwen2.5", group="attention", aliases=["mla_deepseek_v2"],
-        defaults={"attention": "mla", "n_kv_heads": _all_heads, **DEEPSEEK_V2},
+        defaults={"attention": "mla", "n_kv_heads": kv_head_per_query_head, **DEEPSEEK_V2},
         capabilities=Capabilities(fast_path="sdpa/flex"),
         description="MLA with DeepSeek-V2's dims: latent 512, q rank 1536, qk 128 nope + 64 rope, v 128",
     )

@@ -46,10 +46,12 @@ class GeluMLP(nn.Module):
 
 
 def swiglu(cfg: ModelConfig, layer: int = 0) -> SwiGLU:
+    """The ``swiglu`` feed-forward factory (``ffn_hidden`` wide)."""
     return SwiGLU(cfg.d_model, cfg.ffn_hidden, cfg.mlp_bias)
 
 
 def gelu(cfg: ModelConfig, layer: int = 0) -> GeluMLP:
+    """The ``gelu`` feed-forward factory (``ffn_hidden`` wide)."""
     return GeluMLP(cfg.d_model, cfg.ffn_hidden, cfg.mlp_bias)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -12,11 +13,18 @@ from effzoo.config import ModelConfig
 from effzoo.errors import ConfigError
 from effzoo.hookspecs import hookimpl
 from effzoo.interfaces import PositionalEncoding, ScoreMod
+from effzoo.registry import REGISTRY
 
 RELATIVE_MAX_DISTANCE = 128
 
 
+def position_kind(name: str) -> str | None:
+    """The ``kind`` (embedding, rotary, bias, none) that registered position ``name`` declares, or None."""
+    return getattr(REGISTRY.component("position", name).load(), "kind", None)
+
+
 def rotate_half(x: Tensor) -> Tensor:
+    """(x1, x2) -> (-x2, x1) over the two halves of the last dim: RoPE's rotation by 90 degrees."""
     first, second = x.chunk(2, dim=-1)
     return torch.cat((-second, first), dim=-1)
 
@@ -108,7 +116,8 @@ class ALiBi(PositionalEncoding):
 
 
 class RelativeBias(PositionalEncoding):
-    """Learned per-head bias indexed by the clipped distance k − q (|k − q| ≤ 128), shared by all layers."""
+    """Learned per-head bias indexed by the distance k − q clipped to ±``relative_max_distance`` (default 128),
+    shared by all layers."""
 
     kind = "bias"
 
@@ -182,14 +191,14 @@ class NoPosition(PositionalEncoding):
 
 
 @hookimpl
-def effzoo_register(register) -> None:  # type: ignore[no-untyped-def]
+def effzoo_register(register: Any) -> None:
     register.add_position("rope", RotaryEncoding, aliases=["rotary"],
                           description="Rotary position embedding on q/k (RoFormer); Qwen2.5 default")
     register.add_position("alibi", ALiBi, description="Linear per-head distance bias on attention scores (Press et al.)")
     register.add_position(
         "relative", RelativeBias, aliases=["relative_position", "learned_relative"],
         options={"relative_max_distance": RELATIVE_MAX_DISTANCE},
-        description="Learned per-head bias over clipped relative distance (max 128), as the EfficientLLM scripts",
+        description="Learned per-head bias over clipped relative distance (default ±128), as the EfficientLLM scripts",
     )
     register.add_position("absolute", SinusoidalEncoding, aliases=["sinusoidal", "absolute_sinusoidal"],
                           description="Fixed sinusoidal absolute encoding added to embeddings")

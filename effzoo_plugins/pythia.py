@@ -11,9 +11,7 @@ from typing import Any
 
 from effzoo.hookspecs import hookimpl
 from effzoo.registry import Capabilities
-
-PYTHIA_VOCAB = 50_304
-QWEN25_VOCAB = 151_936
+from effzoo_plugins.transformer import QWEN25_VOCAB, kv_head_per_query_head
 
 PYTHIA = dict(vocab_size=QWEN25_VOCAB, max_seq_len=8192)
 
@@ -29,7 +27,7 @@ GPT_NEOX_BLOCK = dict(
     block="transformer", attention="gqa", position="rope", ffn="gelu", norm="layernorm", norm_eps=1e-5,
     parallel_residual=True, qkv_bias=True, out_bias=True, mlp_bias=True, tie_embeddings=False,
     rope_theta=10_000.0, rotary_pct=0.25,
-    n_kv_heads=lambda preset: preset["n_heads"],  # multi-head attention
+    n_kv_heads=kv_head_per_query_head,  # multi-head attention
 )
 
 

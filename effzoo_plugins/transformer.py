@@ -4,13 +4,26 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from effzoo.config import ModelConfig
 from effzoo.hookspecs import hookimpl
 from effzoo.interfaces import MixContext, MixerBlock
 from effzoo.model.parts import build_component, layernorm, make_norm, rmsnorm
 from effzoo.registry import Capabilities
+
+
+def optional_ffn(cfg: ModelConfig, layer: int) -> tuple[nn.Module | None, nn.Module | None]:
+    """A block's (norm, feed-forward) pair, or (None, None) when ``ffn="none"``."""
+    if cfg.ffn.lower() == "none":
+        return None, None
+    return make_norm(cfg), build_component("ffn", cfg.ffn, cfg, layer)
+
+
+def inactive_ffn_params(ffn: nn.Module | None) -> int:
+    """Parameters of ``ffn`` a token does not use (the unrouted experts of an MoE); 0 for dense or no FFN."""
+    inactive = getattr(ffn, "inactive_params", None)
+    return inactive() if inactive is not None else 0
 
 
 class TransformerBlock(MixerBlock):
@@ -24,9 +37,7 @@ class TransformerBlock(MixerBlock):
         self.parallel = cfg.parallel_residual
         self.attn_norm = make_norm(cfg)
         self.mixer = build_component("attention", cfg.attention, cfg, layer)
-        has_ffn = cfg.ffn.lower() != "none"
-        self.ffn_norm = make_norm(cfg) if has_ffn else None
-        self.ffn = build_component("ffn", cfg.ffn, cfg, layer) if has_ffn else None
+        self.ffn_norm, self.ffn = optional_ffn(cfg, layer)
 
     def forward(self, x: Tensor, ctx: MixContext, state: Any | None = None) -> tuple[Tensor, Any | None]:
         mixed, state = self.mixer(self.attn_norm(x), ctx, state)
@@ -51,8 +62,7 @@ class TransformerBlock(MixerBlock):
         return self.mixer.extra_flops_per_token(seq_len)
 
     def inactive_params(self) -> int:
-        inactive = getattr(self.ffn, "inactive_params", None)
-        return inactive() if inactive is not None else 0
+        return inactive_ffn_params(self.ffn)
 
     def supports_static_decode(self) -> bool:
         """The attention must support it, and the FFN (if any) must declare it (dense FFNs do; MoE does not)."""
@@ -61,10 +71,17 @@ class TransformerBlock(MixerBlock):
 
 
 def transformer_block(cfg: ModelConfig, layer: int = 0) -> TransformerBlock:
+    """The ``transformer`` block factory."""
     return TransformerBlock(cfg, layer)
 
 
-QWEN25 = dict(vocab_size=151_936, max_seq_len=32_768, rope_theta=1_000_000.0, norm_eps=1e-6,
+def kv_head_per_query_head(preset: dict[str, Any]) -> int:
+    """The ``n_kv_heads`` default of multi-head attention: one key/value head per query head."""
+    return preset["n_heads"]
+
+
+QWEN25_VOCAB = 151_936  # the Qwen2.5 tokenizer, which the EfficientLLM runs use for every architecture
+QWEN25 = dict(vocab_size=QWEN25_VOCAB, max_seq_len=32_768, rope_theta=1_000_000.0, norm_eps=1e-6,
               qkv_bias=True, tie_embeddings=True)
 
 QWEN25_SIZES = {
@@ -92,6 +109,6 @@ def effzoo_register(register: Any) -> None:
                          capabilities=Capabilities(fast_path="sdpa/flex"),
                          description="Multi-query attention: one key/value head (Shazeer 2019)")
     register.add_variant("mha", family="qwen2.5", group="attention",
-                         defaults={"n_kv_heads": lambda preset: preset["n_heads"]},
+                         defaults={"n_kv_heads": kv_head_per_query_head},
                          capabilities=Capabilities(fast_path="sdpa/flex"),
                          description="Multi-head attention: one key/value head per query head (Vaswani et al. 2017)")

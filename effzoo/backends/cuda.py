@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import contextlib
-
 import os
 from typing import Any
 
 import torch
-from torch import nn
 
 from .base import BackendAdapter, NoPowerMeter, PowerMeter, PowerReading
 
@@ -172,9 +170,6 @@ class CudaBackend(BackendAdapter):
 
     def _table_peak(self, dtype: torch.dtype) -> tuple[float | None, str]:
         return peak_from_table(self.device_name(), dtype, CUDA_PEAK_FLOPS)
-
-    def compile(self, model: nn.Module) -> nn.Module:
-        return torch.compile(model)
 
     def manual_seed(self, seed: int) -> None:
         torch.cuda.manual_seed(seed)

@@ -20,7 +20,7 @@ from ..analysis import info
 from ..atomic import write_json
 from ..pretrained import from_pretrained
 from .suites import Entry, suite_entries
-from .tables import write_tables
+from .tables import format_number, write_tables
 
 ROW_NAME = "bench_row.json"
 
@@ -118,8 +118,7 @@ def measure_entry(entry: Entry, settings: BenchSettings, run_dir: Path) -> dict[
 
 def _summary_line(row: dict[str, Any]) -> str:
     def show(key: str, fmt: str) -> str:
-        value = row.get(key)
-        return "–" if value is None else format(value, fmt)
+        return format_number(row.get(key), fmt)
 
     return (f"ppl {show('ppl', '.2f')} | train {show('tokens_per_s', ',.0f')} tok/s | mfu {show('mfu', '.3f')} | "
             f"decode {show('decode_tokens_per_s', ',.1f')} tok/s | AMU {show('amu_gb', '.2f')} GB")

@@ -9,23 +9,28 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_path
+from ..atomic import write_text
 
 Row = dict[str, Any]
+MISSING = "–"  # the cell of a value that was not measured
+
+
+def format_number(value: Any, fmt: str) -> str:
+    """``format(value, fmt)``, or an en dash for a missing or non-finite value."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return MISSING
+    return format(value, fmt)
+
 
 def _num(fmt: str) -> Callable[[Any], str]:
-    def format_value(value: Any) -> str:
-        if value is None or (isinstance(value, float) and not math.isfinite(value)):
-            return "–"
-        return format(value, fmt)
-    return format_value
+    return lambda value: format_number(value, fmt)
 
 
 def params_label(n: Any) -> str:
-    """494032768 -> '0.49B', 125000000 -> '125M'."""
+    """494032768 -> '0.49B', 125000000 -> '125.0M'."""
     if not n:
-        return "–"
-    return f"{n / 1e9:.2f}B" if n >= 1e9 * 0.1 else f"{n / 1e6:.1f}M"
+        return MISSING
+    return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.1f}M"
 
 
 # (header, row key, formatter): the paper's column layout (Method | Parameters | Context Length | PPL |
@@ -87,7 +92,7 @@ def to_latex(rows: Sequence[Row]) -> str:
     for index, group in enumerate(groups):
         lines.append(rf"\multicolumn{{{len(headers)}}}{{l}}{{\textit{{{_latex_escape(group)}}}}} \\")
         for row in (r for r in rows if r["group"] == group):
-            cells = [c.replace("–", "--") for c in _cells(row, PAPER_COLUMNS)]
+            cells = [c.replace(MISSING, "--") for c in _cells(row, PAPER_COLUMNS)]
             lines.append(" & ".join(_latex_escape(c) for c in cells) + r" \\")
         if index < len(groups) - 1:
             lines.append(r"\midrule")
@@ -115,10 +120,4 @@ def write_tables(rows: Sequence[Row], directory: str | Path, stem: str = "result
         f"{stem}.md": to_markdown(rows),
         f"{stem}.tex": to_latex(rows),
     }
-    paths = []
-    for name, text in outputs.items():
-        path = directory / name
-        with atomic_path(path) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-        paths.append(path)
-    return paths
+    return [write_text(directory / name, text) for name, text in outputs.items()]

@@ -5,31 +5,15 @@ import argparse
 import json
 
 from effzoo.analysis import info
+from effzoo.cli.overrides import add_set_argument, parse_overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("variant")
     parser.add_argument("--size", default="tiny", help="tiny, small, 0.5B, 1.5B, 3B, MoE 0.5Bx8 (default tiny)")
     parser.add_argument("--seq-len", type=int, default=2048, help="sequence length for FLOPs/token (default 2048)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. --set position=alibi --set n_kv_heads=1 (repeatable)")
+    add_set_argument(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, object]:
-    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (JSON values where they parse, else strings)."""
-    from effzoo.errors import ConfigError
-
-    out: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {pair!r} is not KEY=VALUE")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
 
 
 def _human(n: float) -> str:

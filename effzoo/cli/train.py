@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from effzoo.cli.info import parse_overrides
+from effzoo.cli.overrides import add_set_argument, parse_overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,8 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-every", type=int, help="progress line every N steps (default 10)")
     parser.add_argument("--peak-tflops", type=float, help="per-device peak TFLOP/s for MFU (default: backend table)")
     parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="model config override, e.g. --set position=alibi --set n_kv_heads=1 (repeatable)")
+    add_set_argument(parser)
 
 
 _SKIP = {"config", "set"}  # flags that are not TrainConfig keys (every other destination is one)

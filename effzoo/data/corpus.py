@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import TokenDataset
+from .manifest import shard_dtype
 from .tokenizers import load_tokenizer
 
 GENERATED_DOCUMENTS = 800
@@ -117,12 +118,9 @@ def corpus_documents() -> tuple[str, ...]:
 
 def write_corpus(path: str | Path) -> Path:
     """Write the embedded corpus as a text file (documents separated by blank lines)."""
-    from ..atomic import atomic_path
+    from ..atomic import write_text
 
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n\n".join(corpus_documents()) + "\n", encoding="utf-8")
-    return path
+    return write_text(path, "\n\n".join(corpus_documents()) + "\n")
 
 
 @functools.lru_cache(maxsize=8)
@@ -132,7 +130,7 @@ def _embedded(spec: str) -> TokenDataset:
     for i, doc in enumerate(corpus_documents()):
         split = "val" if i % VAL_EVERY == VAL_EVERY - 1 else "train"
         parts[split] += tok.encode(doc) + [tok.eos_id]
-    dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
+    dtype = shard_dtype(tok.vocab_size)
     arrays = {k: np.asarray(v, dtype=dtype) for k, v in parts.items()}
     for a in arrays.values():
         a.setflags(write=False)

@@ -148,9 +148,7 @@ def download(plan: DownloadPlan, source: Source, *, workers: int = 4, retries: i
                 if local.stat().st_size == f.size:
                     return local
                 error = f"size {local.stat().st_size} differs from the listed {f.size}"
-            except (OSError, EffzooError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            except Exception as exc:  # network and hub errors come in many types
+            except Exception as exc:  # OSError, EffzooError, and network/hub errors of many types
                 error = f"{type(exc).__name__}: {exc}"
         raise DataError(error, path=f.path)
 

@@ -1,5 +1,5 @@
 """Megatron-LM / MindSpeed indexed datasets (``PREFIX.bin`` + ``PREFIX.idx``): a reader, and a
-writer used by the tests and by ``effzoo data convert``.
+writer (``write_megatron``) for making small datasets in that format, e.g. in tests.
 
 ``.idx`` layout (little-endian): magic ``MMIDIDX\\x00\\x00``, version int64 (1), dtype code uint8,
 sequence count int64, document-index count int64, then int32 sequence lengths, int64 byte pointers

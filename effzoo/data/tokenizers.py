@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from effzoo.errors import EffzooError, close_matches
+
+from ..atomic import atomic_dir
+from .manifest import file_sha256
 
 EOS_TOKEN = "<|endoftext|>"
 # Tried in order when a tokenizer directory does not name its EOS token.
@@ -60,14 +61,6 @@ class ByteTokenizer:
         return "ByteTokenizer(vocab_size=257, eos_id=256)"
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
 def _configured_eos(directory: Path) -> str | None:
     config = directory / "tokenizer_config.json"
     if not config.is_file():
@@ -88,7 +81,7 @@ class HFTokenizer:
         self.spec = str(path.resolve())
         self.name = path.name if path.is_dir() else path.parent.name or path.stem
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
-        self.fingerprint = _file_digest(file)
+        self.fingerprint = file_sha256(file)[:16]
         self.eos_id = _find_eos(self._tok.token_to_id, eos_token or _configured_eos(file.parent))
 
     def encode(self, text: str) -> list[int]:
@@ -123,7 +116,7 @@ class TransformersTokenizer:
         digest = hashlib.sha256()
         for file in sorted(directory.iterdir()):
             if file.is_file():
-                digest.update(file.name.encode() + _file_digest(file).encode())
+                digest.update(file.name.encode() + file_sha256(file)[:16].encode())
         self.fingerprint = digest.hexdigest()[:16]
         vocab = self._tok.get_vocab()
         self.eos_id = _find_eos(vocab.get, eos_token or self._tok.eos_token)
@@ -193,20 +186,11 @@ def train_bpe(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    target = Path(out_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS_TOKEN,
+        "model_max_length": 1 << 20, "added_by": "effzoo data tokenizer train",
+    }
+    with atomic_dir(out_dir) as staging:
         tok.save(str(staging / "tokenizer.json"))
-        config: dict[str, Any] = {
-            "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS_TOKEN,
-            "model_max_length": 1 << 20, "added_by": "effzoo data tokenizer train",
-        }
         (staging / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return HFTokenizer(target)
+    return HFTokenizer(out_dir)

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from effzoo.atomic import atomic_path, write_json
+from effzoo.atomic import write_json, write_text
 
 
 def markdown_table(result: dict[str, Any]) -> str:
@@ -29,7 +29,5 @@ def write_report(result: dict[str, Any], prefix: str | os.PathLike[str]) -> tupl
     """Write ``PREFIX.json`` and ``PREFIX.md`` atomically; returns both paths."""
     prefix = Path(prefix)
     json_path = write_json(prefix.with_name(prefix.name + ".json"), result)
-    md_path = prefix.with_name(prefix.name + ".md")
-    with atomic_path(md_path) as tmp:
-        tmp.write_text(markdown_table(result), encoding="utf-8")
+    md_path = write_text(prefix.with_name(prefix.name + ".md"), markdown_table(result))
     return json_path, md_path

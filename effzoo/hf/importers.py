@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..build import build_from_config, parse_dtype
+from ..build import build_empty, parse_dtype
 from ..config import ModelConfig
 from ..errors import ConfigError, UnknownNameError
 from ..pretrained import CONFIG_NAME, MODEL_TYPE, from_pretrained
@@ -86,11 +86,7 @@ def tensors_dtype(state: dict[str, torch.Tensor]) -> torch.dtype:
 def _materialise(config: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype,
                  device: str | torch.device | None) -> torch.nn.Module:
     """Build ``config`` without initialising it, then copy the converted tensors in (strictly)."""
-    target = torch.device(device) if device is not None else torch.device("cpu")
-    model = build_from_config(config, device="meta", dtype=dtype).to_empty(device=target)
-    for module in model.modules():
-        if hasattr(module, "_init_buffers"):
-            module._init_buffers()
+    model = build_empty(config, device=device, dtype=dtype)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ConfigError(

@@ -49,9 +49,7 @@ class EffzooForCausalLM(PreTrainedModel, GenerationMixin):
             for param, value in kept:
                 param.copy_(value)
             return
-        for module in self.model.modules():
-            if hasattr(module, "_init_buffers"):
-                module._init_buffers()
+        self.model.init_buffers()
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed

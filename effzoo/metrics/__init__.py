@@ -2,12 +2,12 @@
 ``metrics.json`` summary (see docs/metrics.md for every key)."""
 from __future__ import annotations
 
-from .flops import mfu, train_flops_per_token
+from .flops import mfu
 from .logger import JSONL_NAME, StepLogger, progress_line, read_jsonl
 from .sampler import DeviceSampler, SampleSummary
 from .summary import SUMMARY_NAME, RunCounters, summarize, write_summary
 
 __all__ = [
     "DeviceSampler", "JSONL_NAME", "RunCounters", "SUMMARY_NAME", "SampleSummary", "StepLogger", "mfu",
-    "progress_line", "read_jsonl", "summarize", "train_flops_per_token", "write_summary",
+    "progress_line", "read_jsonl", "summarize", "write_summary",
 ]

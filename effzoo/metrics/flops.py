@@ -1,14 +1,6 @@
-"""Model FLOPs per token and MFU (6·N + 12·L·H·Q·T generalised per block; see effzoo.analysis)."""
+"""Model FLOPs utilisation; the FLOPs per token come from :func:`effzoo.analysis.model_stats`
+(6·N + 12·L·H·Q·T generalised per block)."""
 from __future__ import annotations
-
-from torch import nn
-
-from ..analysis import model_stats
-
-
-def train_flops_per_token(model: nn.Module, seq_len: int) -> float:
-    """Forward + backward model FLOPs per token (recomputation from checkpointing not counted)."""
-    return float(model_stats(model, seq_len)["train_flops_per_token"])
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak_flops_per_device: float | None, devices: int) -> float | None:

@@ -44,6 +44,16 @@ class RunCounters:
                 self.comm_times.append(comm_s)
 
 
+def perplexity_of(loss: float | None) -> float | None:
+    """exp(loss); infinite where that overflows a float (a diverged run), None without a loss."""
+    if loss is None:
+        return None
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
 def _mean(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return fmean(present) if present else None
@@ -100,7 +110,7 @@ def summarize(*, counters: RunCounters, samples: list[SampleSummary], peak_memor
         "gpu_hours": total_wall * world_size / 3600.0,
         "final_loss": counters.last_loss,
         "val_loss": counters.val_loss,
-        "ppl": math.exp(counters.val_loss) if counters.val_loss is not None else None,
+        "ppl": perplexity_of(counters.val_loss),
         "skipped_steps": counters.skipped_steps,
         "sampler_samples": sum(s.samples for s in samples),
         "sampler_overhead": max((s.overhead_fraction for s in samples), default=0.0),

@@ -17,10 +17,8 @@ from ..cache import ModelCache
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..interfaces import MixContext
-from ..ops.linear_cross_entropy import linear_cross_entropy
+from ..ops.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 from .parts import build_component, make_norm
-
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -72,21 +70,21 @@ class EffzooModel(nn.Module):
         for module in self.modules():
             if module is not self and hasattr(module, "_init_weights"):
                 module._init_weights()
+        self.init_buffers()
+
+    def init_buffers(self) -> None:
+        """Recompute every module's non-persistent buffers (RoPE frequencies, ALiBi slopes) with its
+        ``_init_buffers``: what a model materialised with ``to_empty`` needs before use."""
+        for module in self.modules():
             if hasattr(module, "_init_buffers"):
                 module._init_buffers()
 
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
         """Parameter count (shared tensors once). Without embeddings the output head still counts."""
-        seen: set[int] = set()
-        total = 0
-        for name, p in self.named_parameters():
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            total += p.numel()
+        total = sum(p.numel() for p in self.parameters())  # parameters() yields a tied tensor once
         if exclude_embeddings:
             total -= self.embed.weight.numel()
-            total -= sum(p.numel() for n, p in self.position.named_parameters())
+            total -= sum(p.numel() for p in self.position.parameters())
             if self.head is None:  # tied: the head is the embedding matrix, and it does compute
                 total += self.embed.weight.numel()
         return total

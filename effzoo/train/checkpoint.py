@@ -7,7 +7,6 @@ temporary folder and renamed into place, so a crash never leaves a half-written 
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 import shutil
@@ -21,7 +20,7 @@ from torch import nn
 
 from ..atomic import replace_dir
 from ..errors import ConfigError
-from ..pretrained import CONFIG_NAME, WEIGHTS_NAME, config_document
+from ..pretrained import WEIGHTS_NAME, write_config
 from .distributed import DistInfo, barrier, gather_objects
 
 STATE_NAME = "trainer_state.pt"
@@ -94,7 +93,7 @@ def save_checkpoint(out: Path, step: int, *, model: nn.Module, optimizer: torch.
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         base = model.module if hasattr(model, "module") else model
-        (staging / CONFIG_NAME).write_text(json.dumps(config_document(base.config), indent=2, sort_keys=True))
+        write_config(staging, base.config)
         save_file({k: v.detach().contiguous() for k, v in weights.items()}, str(staging / WEIGHTS_NAME),
                   metadata={"format": "pt", "step": str(step)})
         torch.save({**trainer_state, "step": step, "optimizer": optim_state, "rng": rngs,

@@ -26,6 +26,7 @@ from ..analysis import model_stats
 from ..atomic import write_json
 from ..metrics import DeviceSampler, RunCounters, StepLogger, progress_line, summarize, write_summary
 from ..metrics.flops import mfu
+from ..metrics.summary import perplexity_of
 from .checkpoint import find_checkpoint, list_checkpoints, load_checkpoint, remove_stale, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .distributed import (
@@ -274,8 +275,9 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
         if eval_enabled and ((config.eval_every and done % config.eval_every == 0) or done == total_steps):
             val_loss = evaluate(model, dataset, seq_len, micro, config, info, adapter, amp_dtype, attn_backend)
             val_losses[done] = counters.val_loss = val_loss
-            logger.write({"kind": "val", "step": done, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 80))})
-            LOG.info("step %d | val loss %.4f | val ppl %.2f", done, val_loss, math.exp(min(val_loss, 80)))
+            val_ppl = perplexity_of(val_loss)
+            logger.write({"kind": "val", "step": done, "val_loss": val_loss, "val_ppl": val_ppl})
+            LOG.info("step %d | val loss %.4f | val ppl %.2f", done, val_loss, val_ppl)
             paused = True
         if (config.ckpt_every and done % config.ckpt_every == 0) or done == total_steps:
             last_checkpoint = checkpoint(done, bad_steps, time.perf_counter() - run_start)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +28,20 @@ from torch import Tensor
 from effzoo.errors import ConfigError
 
 from .reference import (
-    BranchOutputs, Selection, attention_probs, block_importance, compressed_allowed, compressed_block_ends,
-    overlap_matrix, select_blocks, selection_table,
+    BranchOutputs,
+    Selection,
+    attention_probs,
+    block_importance,
+    compressed_allowed,
+    compressed_block_ends,
+    overlap_matrix,
+    select_blocks,
+    selection_table,
 )
 from .settings import NSASettings
+
+if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
 
 Q_BLOCK = 128  # query rows per tile (folded rows: positions × heads of a group)
 KV_BLOCK = 128  # keys per tile for the window and compressed branches (selection uses l')
@@ -62,7 +73,7 @@ class SparsePattern:
     q_block: int
     kv_block: int
 
-    def block_mask(self):  # type: ignore[no-untyped-def]
+    def block_mask(self) -> BlockMask:
         """The FlexAttention :class:`BlockMask` of this pattern."""
         from torch.nn.attention.flex_attention import BlockMask
 

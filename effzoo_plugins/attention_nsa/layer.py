@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -10,7 +11,7 @@ from effzoo.config import ModelConfig
 from effzoo.errors import ConfigError
 from effzoo.interfaces import Attention, MixContext
 from effzoo.ops.attention import EXTRA_BACKENDS
-from effzoo.registry import REGISTRY
+from effzoo_plugins.positions import position_kind
 
 from .cache import NSACache
 from .reference import BranchOutputs, nsa_branches
@@ -90,7 +91,7 @@ class NativeSparseAttention(Attention):
         run = nsa_branches if continuing else self._kernel(q, ctx.backend)  # decode steps: O(T) per query
         return run(q, ctx.positions, compressed, selected, window, self.settings, self.scale)
 
-    def _kernel(self, q: Tensor, backend: str):  # type: ignore[no-untyped-def]
+    def _kernel(self, q: Tensor, backend: str) -> Callable[..., BranchOutputs]:
         """The branch implementation for ``backend``: auto = FlexAttention on CUDA, reference elsewhere;
         sdpa = the FlexAttention patterns as dense masks; a device backend added with
         ``effzoo.ops.attention.register_backend`` (e.g. NPU) runs the reference, NSA has no kernel there."""
@@ -153,10 +154,10 @@ _BIAS_MESSAGE = (
 
 def _check_position(name: str) -> None:
     """Reject bias-type encodings at build time when the registered factory declares its kind."""
-    kind = getattr(REGISTRY.component("position", name).load(), "kind", None)
-    if kind == "bias":
+    if position_kind(name) == "bias":
         raise ConfigError(_BIAS_MESSAGE.format(name=name))
 
 
 def nsa(cfg: ModelConfig, layer: int = 0) -> NativeSparseAttention:
+    """The ``nsa`` attention factory."""
     return NativeSparseAttention(cfg, layer)

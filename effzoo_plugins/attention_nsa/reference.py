@@ -60,6 +60,7 @@ def masked_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, scale: fl
 
 # -- masks ------------------------------------------------------------------------------------
 def key_positions(start: int, length: int, device: torch.device) -> Tensor:
+    """Absolute positions ``start .. start + length - 1`` of a run of raw keys."""
     return torch.arange(start, start + length, device=device)
 
 

@@ -89,7 +89,7 @@ class NSASettings:
             raise ConfigError(f"nsa_shared_kv must be true or false, got {self.shared_kv!r}")
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig) -> "NSASettings":
+    def from_config(cls, cfg: ModelConfig) -> NSASettings:
         """Settings from ``cfg.options``, falling back to the chosen preset."""
         chosen = {name: cfg.opt(f"nsa_{name}", default) for name, default in preset_values(cfg.options).items()}
         return cls(**chosen, compress_hidden=cfg.opt("nsa_compress_hidden", cfg.head_dim))
@@ -99,4 +99,5 @@ class NSASettings:
         return 0 if length < self.compress_block else (length - self.compress_block) // self.compress_stride + 1
 
     def n_select_blocks(self, length: int) -> int:
+        """Selection blocks (the last possibly partial) covering ``length`` tokens."""
         return -(-length // self.select_block)

@@ -9,8 +9,7 @@ from typing import Any
 
 from effzoo.hookspecs import hookimpl
 from effzoo.registry import Capabilities
-
-QWEN25_VOCAB = 151_936  # the EfficientLLM runs tokenise with the Qwen2.5 tokenizer
+from effzoo_plugins.transformer import QWEN25_VOCAB
 
 MAMBA_SIZES = {
     "tiny": dict(vocab_size=512, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_hidden=384,

@@ -9,8 +9,9 @@ from torch import Tensor, nn
 from effzoo.config import ModelConfig
 from effzoo.errors import ConfigError
 from effzoo.interfaces import MixContext, MixerBlock
-from effzoo.model.parts import build_component, make_norm
-from effzoo.registry import REGISTRY
+from effzoo.model.parts import make_norm
+from effzoo_plugins.positions import position_kind
+from effzoo_plugins.transformer import inactive_ffn_params, optional_ffn
 
 SSM_BLOCKS = ("mamba", "mamba1")
 
@@ -26,9 +27,7 @@ class MambaBlock(MixerBlock):
         super().__init__()
         self.mixer_norm = make_norm(cfg)
         self.mixer = mixer
-        has_ffn = cfg.ffn.lower() != "none"
-        self.ffn_norm = make_norm(cfg) if has_ffn else None
-        self.ffn = build_component("ffn", cfg.ffn, cfg, layer) if has_ffn else None
+        self.ffn_norm, self.ffn = optional_ffn(cfg, layer)
 
     def forward(self, x: Tensor, ctx: MixContext, state: Any | None = None) -> tuple[Tensor, Any | None]:
         mixed, state = self.mixer(self.mixer_norm(x), ctx, state)
@@ -48,8 +47,7 @@ class MambaBlock(MixerBlock):
         return self.mixer.extra_flops_per_token()
 
     def inactive_params(self) -> int:
-        inactive = getattr(self.ffn, "inactive_params", None)
-        return inactive() if inactive is not None else 0
+        return inactive_ffn_params(self.ffn)
 
 
 def check_position(cfg: ModelConfig) -> None:
@@ -57,8 +55,7 @@ def check_position(cfg: ModelConfig) -> None:
     (embedding-type encodings, added to the token embeddings, are allowed)."""
     if any(kind not in SSM_BLOCKS for kind in cfg.layer_kinds):
         return
-    kind = getattr(REGISTRY.component("position", cfg.position).load(), "kind", None)
-    if kind in ("rotary", "bias"):
+    if position_kind(cfg.position) in ("rotary", "bias"):
         raise ConfigError(
             f"position {cfg.position!r} acts on attention scores, but every layer of this model is a Mamba "
             f"layer ({', '.join(sorted(set(cfg.layer_kinds)))}); use position='none' (the Mamba default) or "
@@ -67,6 +64,7 @@ def check_position(cfg: ModelConfig) -> None:
 
 
 def mamba2_block(cfg: ModelConfig, layer: int = 0) -> MambaBlock:
+    """The ``mamba`` block factory: a Mamba-2 (SSD) mixer."""
     from .mamba2 import Mamba2Mixer
 
     check_position(cfg)
@@ -74,6 +72,7 @@ def mamba2_block(cfg: ModelConfig, layer: int = 0) -> MambaBlock:
 
 
 def mamba1_block(cfg: ModelConfig, layer: int = 0) -> MambaBlock:
+    """The ``mamba1`` block factory: a Mamba-1 (selective scan) mixer."""
     from .mamba1 import Mamba1Mixer
 
     check_position(cfg)

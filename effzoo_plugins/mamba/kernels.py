@@ -12,9 +12,6 @@ Backends (block option ``ssm_backend``):
 """
 from __future__ import annotations
 
-import functools
-import importlib
-import os
 import warnings
 from collections.abc import Callable
 
@@ -22,6 +19,8 @@ import torch
 from torch import Tensor
 
 from effzoo.errors import ConfigError
+from effzoo.interfaces import MixContext
+from effzoo_plugins.feature_detection import import_error, triton_interpreting
 
 BACKENDS = ("auto", "reference", "triton", "mamba_ssm")
 TRITON_MAX_DIM = 256  # effzoo's SSD kernel holds a whole head_dim / d_state row in one tile
@@ -32,20 +31,10 @@ INSTALL_HINT = (
 )
 
 
-@functools.cache
-def _import_error(module: str) -> str | None:
-    """None when ``module`` imports (compiled extensions included), else why it does not."""
-    try:
-        importlib.import_module(module)
-    except Exception as exc:  # a missing or broken CUDA extension raises ImportError/OSError/RuntimeError
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
 def mamba_ssm_missing() -> str | None:
     """Why the mamba-ssm kernels are unusable (None when they import)."""
     for module in ("mamba_ssm.ops.triton.ssd_combined", "mamba_ssm.ops.selective_scan_interface"):
-        error = _import_error(module)
+        error = import_error(module)
         if error:
             return f"mamba-ssm is not usable ({error}); {INSTALL_HINT}"
     return None
@@ -53,22 +42,24 @@ def mamba_ssm_missing() -> str | None:
 
 def causal_conv1d_missing() -> str | None:
     """Why the causal-conv1d kernel is unusable (None when it imports)."""
-    error = _import_error("causal_conv1d")
+    error = import_error("causal_conv1d")
     return None if error is None else f"causal-conv1d is not usable ({error}); {INSTALL_HINT}"
 
 
 def fla_missing() -> str | None:
     """Why flash-linear-attention is unusable (benchmarks compare against it; never required)."""
-    error = _import_error("fla.ops.simple_gla")
+    error = import_error("fla.ops.simple_gla")
     return None if error is None else (
         f"flash-linear-attention is not usable ({error}); `pip install 'effzoo[fla]'`")
 
 
 def triton_missing(device: torch.device) -> str | None:
     """Why effzoo's Triton kernels cannot run on ``device`` (None when they can)."""
-    if _import_error("triton"):
-        return "triton is not installed; `pip install triton` (it ships with CUDA builds of torch)"
-    if device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+    error = import_error("triton")
+    if error:
+        return (f"triton is not installed or fails to import ({error}); `pip install triton` "
+                "(it ships with CUDA builds of torch)")
+    if device.type == "cuda" or triton_interpreting():
         return None
     return f"the Triton kernels need a CUDA device (or TRITON_INTERPRET=1 on CPU), got {device.type}"
 
@@ -80,12 +71,23 @@ def triton_dims_unsupported(dims: tuple[int, ...]) -> str | None:
     return f"head_dim and d_state must be <= {TRITON_MAX_DIM} for the Triton SSD kernels, got {dims}"
 
 
+def check_backend(name: str) -> str:
+    """``name`` if it is a known ``ssm_backend``, else a ConfigError listing the choices."""
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown ssm_backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return name
+
+
+def requested_backend(configured: str, ctx: MixContext | None) -> str:
+    """The block's ``ssm_backend``, or ``reference`` when the model runs with ``backend="reference"``."""
+    return "reference" if ctx is not None and ctx.backend == "reference" else configured
+
+
 def resolve_backend(requested: str, device: torch.device, *, has_triton_kernel: bool,
                     dims: tuple[int, ...] = ()) -> str:
     """The backend that will run for ``requested`` on ``device``; explicit requests that cannot run raise.
     ``dims`` are the block's (head_dim, d_state), checked against what the Triton kernels handle."""
-    if requested not in BACKENDS:
-        raise ConfigError(f"unknown ssm_backend {requested!r}; choose one of {', '.join(BACKENDS)}")
+    check_backend(requested)
     if requested == "auto":
         if device.type != "cuda":
             return "reference"

@@ -10,8 +10,21 @@ from torch import Tensor, nn
 from effzoo.config import ModelConfig
 from effzoo.interfaces import MixContext
 
-from .kernels import causal_conv1d_missing, resolve_backend, selective_scan_mamba_ssm
-from .parts import MambaState, causal_conv, check, init_conv, init_dt_bias
+from .kernels import (
+    causal_conv1d_missing,
+    check_backend,
+    requested_backend,
+    resolve_backend,
+    selective_scan_mamba_ssm,
+)
+from .parts import (
+    MambaState,
+    causal_conv,
+    check,
+    init_conv,
+    init_dt_bias,
+    mamba_state_bytes,
+)
 from .selective_scan_reference import selective_scan_parallel, selective_scan_step
 
 MAMBA1_D_STATE = 16
@@ -27,7 +40,7 @@ class Mamba1Mixer(nn.Module):
         self.dt_rank = int(cfg.opt("dt_rank") or math.ceil(cfg.d_model / 16))
         self.scan_chunk = int(cfg.opt("chunk_size"))
         self.dt_range = (float(cfg.opt("dt_min")), float(cfg.opt("dt_max")))
-        self.backend = str(cfg.opt("ssm_backend"))
+        self.backend = check_backend(str(cfg.opt("ssm_backend")))
         check(min(self.d_state, self.d_conv, self.dt_rank, self.scan_chunk, self.d_inner) > 0,
               "d_state, d_conv, dt_rank, chunk_size and expand must be positive")
         self.in_proj = nn.Linear(cfg.d_model, 2 * self.d_inner, bias=False)
@@ -51,8 +64,8 @@ class Mamba1Mixer(nn.Module):
         nn.init.ones_(self.D)
 
     def resolved_backend(self, device: torch.device, ctx: MixContext | None = None) -> str:
-        requested = "reference" if ctx is not None and ctx.backend == "reference" else self.backend
-        return resolve_backend(requested, device, has_triton_kernel=False)
+        """The scan implementation that runs on ``device`` (see :mod:`.kernels`)."""
+        return resolve_backend(requested_backend(self.backend, ctx), device, has_triton_kernel=False)
 
     def forward(self, x: Tensor, ctx: MixContext | None = None,
                 state: MambaState | None = None) -> tuple[Tensor, MambaState | None]:
@@ -79,14 +92,12 @@ class Mamba1Mixer(nn.Module):
         return out, state
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> MambaState:
-        return MambaState(
-            conv=torch.zeros(batch, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
-            ssm=torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=torch.float32),
-        )
+        """Zero conv window (d_inner channels) and SSM state (d_inner, d_state)."""
+        return MambaState.empty(batch, self.d_inner, self.d_conv, (self.d_inner, self.d_state), device, dtype)
 
     def state_bytes(self, bytes_per_value: int = 2) -> int:
         """Conv window in the model dtype plus the SSM state, always float32."""
-        return self.d_inner * (self.d_conv - 1) * bytes_per_value + 4 * self.d_inner * self.d_state
+        return mamba_state_bytes(self.d_inner, self.d_conv, self.d_inner * self.d_state, bytes_per_value)
 
     def extra_flops_per_token(self) -> float:
         """The scan (decay, update and read-out: about 7 FLOPs per channel and state), conv and skip."""

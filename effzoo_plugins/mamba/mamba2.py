@@ -8,8 +8,22 @@ from torch import Tensor, nn
 from effzoo.config import ModelConfig
 from effzoo.interfaces import MixContext
 
-from .kernels import causal_conv1d_missing, resolve_backend, ssd_function
-from .parts import GatedRMSNorm, MambaState, causal_conv, check, init_conv, init_dt_bias
+from .kernels import (
+    causal_conv1d_missing,
+    check_backend,
+    requested_backend,
+    resolve_backend,
+    ssd_function,
+)
+from .parts import (
+    GatedRMSNorm,
+    MambaState,
+    causal_conv,
+    check,
+    init_conv,
+    init_dt_bias,
+    mamba_state_bytes,
+)
 from .ssd_reference import ssd_step
 
 MAMBA2_D_STATE = 128
@@ -25,7 +39,7 @@ class Mamba2Mixer(nn.Module):
         self.n_groups, self.chunk_size = int(cfg.opt("n_groups")), int(cfg.opt("chunk_size"))
         self.d_inner = int(cfg.opt("expand")) * cfg.d_model
         self.dt_range = (float(cfg.opt("dt_min")), float(cfg.opt("dt_max")))
-        self.backend = str(cfg.opt("ssm_backend"))
+        self.backend = check_backend(str(cfg.opt("ssm_backend")))
         check(self.d_state > 0 and self.d_conv > 0 and self.chunk_size > 0,
                "d_state, d_conv and chunk_size must be positive")
         check(self.d_inner % self.head_dim == 0,
@@ -52,8 +66,8 @@ class Mamba2Mixer(nn.Module):
         nn.init.ones_(self.D)
 
     def resolved_backend(self, device: torch.device, ctx: MixContext | None = None) -> str:
-        requested = "reference" if ctx is not None and ctx.backend == "reference" else self.backend
-        return resolve_backend(requested, device, has_triton_kernel=True,
+        """The SSD implementation that runs on ``device`` (see :mod:`.kernels`)."""
+        return resolve_backend(requested_backend(self.backend, ctx), device, has_triton_kernel=True,
                                dims=(self.head_dim, self.d_state))
 
     def forward(self, x: Tensor, ctx: MixContext | None = None,
@@ -83,14 +97,14 @@ class Mamba2Mixer(nn.Module):
         return out, state
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> MambaState:
-        return MambaState(
-            conv=torch.zeros(batch, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype),
-            ssm=torch.zeros(batch, self.n_heads, self.head_dim, self.d_state, device=device, dtype=torch.float32),
-        )
+        """Zero conv window (x, B and C channels) and SSM state (heads, head_dim, d_state)."""
+        ssm_shape = (self.n_heads, self.head_dim, self.d_state)
+        return MambaState.empty(batch, self.conv_dim, self.d_conv, ssm_shape, device, dtype)
 
     def state_bytes(self, bytes_per_value: int = 2) -> int:
         """Conv window in the model dtype plus the SSM state, always float32."""
-        return self.conv_dim * (self.d_conv - 1) * bytes_per_value + 4 * self.n_heads * self.head_dim * self.d_state
+        ssm_values = self.n_heads * self.head_dim * self.d_state
+        return mamba_state_bytes(self.conv_dim, self.d_conv, ssm_values, bytes_per_value)
 
     def extra_flops_per_token(self) -> float:
         """The chunked SSD beyond the projections: causal half of the in-chunk products, chunk states

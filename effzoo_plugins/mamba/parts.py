@@ -23,6 +23,20 @@ class MambaState:
     ssm: Tensor
     tokens: int = 0
 
+    @classmethod
+    def empty(cls, batch: int, conv_channels: int, d_conv: int, ssm_shape: tuple[int, ...],
+              device: torch.device, dtype: torch.dtype) -> MambaState:
+        """A zero state before the first token: conv window in ``dtype``, SSM state (batch, *ssm_shape) in float32."""
+        return cls(
+            conv=torch.zeros(batch, conv_channels, d_conv - 1, device=device, dtype=dtype),
+            ssm=torch.zeros(batch, *ssm_shape, device=device, dtype=torch.float32),
+        )
+
+
+def mamba_state_bytes(conv_channels: int, d_conv: int, ssm_values: int, bytes_per_value: int) -> int:
+    """Bytes of one sequence's :class:`MambaState`: conv window in the model dtype plus the float32 SSM state."""
+    return conv_channels * (d_conv - 1) * bytes_per_value + 4 * ssm_values
+
 
 def check(condition: bool, message: str) -> None:
     """Raise a ConfigError naming the Mamba option problem."""

@@ -25,9 +25,9 @@ def segment_decay(cum: Tensor) -> Tensor:
     return torch.exp(diff.masked_fill(~keep, float("-inf")))
 
 
-def expand_groups(t: Tensor, heads: int) -> Tensor:
-    """(batch, T, groups, n) -> (batch, T, heads, n): each group serves ``heads // groups`` heads."""
-    return t.repeat_interleave(heads // t.shape[2], dim=2)
+def expand_groups(t: Tensor, heads: int, dim: int = 2) -> Tensor:
+    """(batch, T, groups, n) -> (batch, T, heads, n), groups on ``dim``: each serves ``heads // groups`` heads."""
+    return t.repeat_interleave(heads // t.shape[dim], dim=dim)
 
 
 def ssd_chunked(
@@ -72,8 +72,7 @@ def ssd_step(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, state: Tens
     """One recurrence step: ``x`` (batch, heads, head_dim), ``dt`` (batch, heads), ``B``/``C``
     (batch, groups, d_state), ``state`` (batch, heads, head_dim, d_state) -> (y, new state)."""
     heads = x.shape[1]
-    Bh = B.repeat_interleave(heads // B.shape[1], dim=1).float()
-    Ch = C.repeat_interleave(heads // C.shape[1], dim=1).float()
+    Bh, Ch = expand_groups(B, heads, dim=1).float(), expand_groups(C, heads, dim=1).float()
     decay = torch.exp(dt.float() * A.float())[..., None, None]
     state = decay * state + (dt.float()[..., None] * x.float())[..., None] * Bh[:, :, None, :]
     y = torch.einsum("bhpn,bhn->bhp", state, Ch)

@@ -92,7 +92,7 @@ def _swiglu(gate_up: Tensor) -> Tensor:
     return F.silu(gate) * up
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cuda_major(index: int) -> int:
     return torch.cuda.get_device_capability(index)[0]
 
@@ -116,10 +116,16 @@ def grouped_mm_fast(x: Tensor, w_gate_up: Tensor, w_down: Tensor) -> bool:
             and grouped_mm_supported(x, w_gate_up, w_down))
 
 
+def check_backend(name: str) -> str:
+    """``name`` if it is a known ``moe_backend``, else a ConfigError listing the choices."""
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown moe_backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return name
+
+
 def resolve_backend(backend: str, x: Tensor, w_gate_up: Tensor, w_down: Tensor) -> str:
     """``auto`` -> ``grouped_mm`` where it is fast, else ``bmm``; explicit names are checked."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown moe_backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    check_backend(backend)
     if backend == "auto":
         return "grouped_mm" if grouped_mm_fast(x, w_gate_up, w_down) else "bmm"
     if backend == "grouped_mm" and not grouped_mm_supported(x, w_gate_up, w_down):

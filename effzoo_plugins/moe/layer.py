@@ -12,7 +12,8 @@ from effzoo.interfaces import MixContext
 from effzoo.model.parts import build_component
 from effzoo_plugins.feedforward import SwiGLU
 
-from .dispatch import BACKENDS, moe_swiglu
+from . import MOE_OPTIONS
+from .dispatch import check_backend, moe_swiglu
 
 
 class GroupedExperts(nn.Module):
@@ -25,6 +26,7 @@ class GroupedExperts(nn.Module):
         self.down_proj = nn.Parameter(torch.empty(n_experts, d_model, hidden))
 
     def params_per_expert(self) -> int:
+        """Weights of one expert (gate, up and down projections)."""
         return (self.gate_up_proj.numel() + self.down_proj.numel()) // self.gate_up_proj.shape[0]
 
     def _init_weights(self) -> None:
@@ -40,15 +42,18 @@ class MoEFeedForward(nn.Module):
         self.layer = layer
         self.n_experts, self.top_k = int(cfg.opt("n_experts")), int(cfg.opt("top_k"))
         hidden = int(cfg.opt("moe_ffn_hidden"))
-        shared = int(cfg.opt("shared_expert_hidden", 0))
-        self.backend = str(cfg.opt("moe_backend", "auto"))
+        shared = int(cfg.opt("shared_expert_hidden", MOE_OPTIONS["shared_expert_hidden"]))
+        self.backend = check_backend(str(cfg.opt("moe_backend", MOE_OPTIONS["moe_backend"])))
         if hidden <= 0 or shared < 0:
             raise ConfigError(f"moe_ffn_hidden must be positive and shared_expert_hidden >= 0, got {hidden}, {shared}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"unknown moe_backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
-        self.router = build_component("router", cfg.opt("router", "topk"), cfg, layer)
+        router = cfg.opt("router", MOE_OPTIONS["router"])
+        self.router = build_component("router", router, cfg, layer)
         if (self.router.n_experts, self.router.top_k) != (self.n_experts, self.top_k):
-            raise ConfigError(f"router {cfg.opt('router')!r} does not route to n_experts={self.n_experts}, top_k={self.top_k}")
+            raise ConfigError(
+                f"router {router!r} routes to n_experts={self.router.n_experts}, top_k={self.router.top_k} but the "
+                f"MoE layer has n_experts={self.n_experts}, top_k={self.top_k}; a router factory must read the "
+                "n_experts and top_k options"
+            )
         residual_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
         self.experts = GroupedExperts(self.n_experts, cfg.d_model, hidden, cfg.init_std, residual_std)
         self.shared_expert = SwiGLU(cfg.d_model, shared, cfg.mlp_bias) if shared else None
@@ -70,4 +75,5 @@ class MoEFeedForward(nn.Module):
 
 
 def moe_ffn(cfg: ModelConfig, layer: int = 0) -> MoEFeedForward:
+    """The ``moe`` feed-forward factory."""
     return MoEFeedForward(cfg, layer)

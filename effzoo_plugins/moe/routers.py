@@ -25,6 +25,8 @@ from effzoo.config import ModelConfig
 from effzoo.errors import ConfigError
 from effzoo.interfaces import Router, Routing
 
+from . import ROUTER_OPTIONS
+
 
 def expert_capacity(n_tokens: int, top_k: int, n_experts: int, capacity_factor: float) -> int:
     """Assignments one expert accepts: ceil(capacity_factor · N · k / E)."""
@@ -138,18 +140,24 @@ class NoisyTopKRouter(TopKRouter):
 
 
 def _router_kwargs(cfg: ModelConfig) -> dict[str, object]:
-    factor = cfg.opt("capacity_factor")
+    """The shared router options (ROUTER_OPTIONS' defaults where a config predates an option)."""
+    def option(name: str) -> object:
+        return cfg.opt(name, ROUTER_OPTIONS[name])
+
+    factor = option("capacity_factor")
     return dict(
         capacity_factor=None if factor is None else float(factor),
-        aux_loss_coef=float(cfg.opt("aux_loss_coef", 0.01)), z_loss_coef=float(cfg.opt("z_loss_coef", 0.001)),
-        normalize_weights=bool(cfg.opt("normalize_router_weights", True)),
+        aux_loss_coef=float(option("aux_loss_coef")), z_loss_coef=float(option("z_loss_coef")),
+        normalize_weights=bool(option("normalize_router_weights")),
     )
 
 
 def topk_router(cfg: ModelConfig, layer: int = 0) -> TopKRouter:
+    """The ``topk`` router factory."""
     return TopKRouter(cfg.d_model, int(cfg.opt("n_experts")), int(cfg.opt("top_k")),
                       jitter=float(cfg.opt("router_jitter", 0.0)), **_router_kwargs(cfg))
 
 
 def noisy_topk_router(cfg: ModelConfig, layer: int = 0) -> NoisyTopKRouter:
+    """The ``noisy_topk`` router factory."""
     return NoisyTopKRouter(cfg.d_model, int(cfg.opt("n_experts")), int(cfg.opt("top_k")), **_router_kwargs(cfg))

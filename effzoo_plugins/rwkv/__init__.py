@@ -10,6 +10,7 @@ from typing import Any
 
 from effzoo.hookspecs import hookimpl
 from effzoo.registry import Capabilities
+from effzoo_plugins.transformer import QWEN25_VOCAB
 
 
 def lora_rank(d_model: int, scale: float, power: float) -> int:
@@ -32,7 +33,7 @@ BLOCK_OPTIONS: dict[str, Any] = {
     "rwkv_chunk_size": None,  # None: 32 tokens (PyTorch form), 64 (Triton scan)
 }
 
-_REAL = dict(vocab_size=151_936, max_seq_len=32_768)
+_REAL = dict(vocab_size=QWEN25_VOCAB, max_seq_len=32_768)
 RWKV_SIZES = {
     "tiny": dict(vocab_size=512, d_model=128, n_layers=4, n_heads=2, n_kv_heads=2, ffn_hidden=512, max_seq_len=1024),
     "small": dict(vocab_size=512, d_model=256, n_layers=6, n_heads=4, n_kv_heads=4, ffn_hidden=1024,

@@ -33,7 +33,7 @@ from effzoo.errors import ConfigError
 from effzoo.interfaces import MixContext, MixerBlock
 from effzoo.model.parts import make_norm
 
-from .kernels import KERNELS, LOG_DECAY_BOUND, wkv7
+from .kernels import LOG_DECAY_BOUND, check_kernel, wkv7
 
 V_FIRST_KEY = "rwkv7_v_first"
 BRANCHES = ("r", "w", "k", "v", "a", "g")
@@ -68,9 +68,7 @@ class TimeMix(nn.Module):
         self.heads = d // self.head_size
         self.layer, self.n_layers, self.first = layer, cfg.n_layers, first
         self.value_residual = bool(cfg.opt("rwkv_value_residual")) and not first
-        self.kernel, self.chunk_size = str(cfg.opt("rwkv_kernel")), cfg.opt("rwkv_chunk_size")
-        if self.kernel not in KERNELS:
-            raise ConfigError(f"unknown rwkv_kernel {self.kernel!r}; choose one of {', '.join(KERNELS)}")
+        self.kernel, self.chunk_size = check_kernel(str(cfg.opt("rwkv_kernel"))), cfg.opt("rwkv_chunk_size")
         if self.chunk_size is not None and int(self.chunk_size) <= 0:
             raise ConfigError(f"rwkv_chunk_size must be positive (or None for the default), got {self.chunk_size}")
         ranks = {name: int(cfg.opt(f"rwkv_{name}_lora")) for name in ("decay", "iclr", "value", "gate")}
@@ -235,4 +233,5 @@ class RWKV7Block(MixerBlock):
 
 
 def rwkv7_block(cfg: ModelConfig, layer: int = 0) -> RWKV7Block:
+    """The ``rwkv7`` block factory."""
     return RWKV7Block(cfg, layer)

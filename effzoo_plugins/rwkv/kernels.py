@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import inspect
 import math
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import torch
 from torch import Tensor
 
 from effzoo.errors import ConfigError
+from effzoo_plugins.feature_detection import installed, triton_interpreting
 
 from .reference import wkv7_chunked, wkv7_sequential
 
@@ -35,11 +35,12 @@ FLA_MISSING = (
 
 def has_fla() -> bool:
     """Whether flash-linear-attention can be imported (checked without importing it)."""
-    return importlib.util.find_spec("fla") is not None
+    return installed("fla")
 
 
 def has_triton() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    """Whether triton can be imported (checked without importing it)."""
+    return installed("triton")
 
 
 @functools.cache
@@ -57,10 +58,16 @@ def _fla_accepts_lower_bound() -> bool:
     return "lower_bound" in inspect.signature(fla_chunk_rwkv7()).parameters
 
 
+def check_kernel(name: str) -> str:
+    """``name`` if it is a known ``rwkv_kernel``, else a ConfigError listing the choices."""
+    if name not in KERNELS:
+        raise ConfigError(f"unknown rwkv_kernel {name!r}; choose one of {', '.join(KERNELS)}")
+    return name
+
+
 def resolve_kernel(kernel: str, device_type: str, length: int, key_dim: int, value_dim: int) -> str:
     """The concrete implementation ``kernel`` means here (raises ConfigError when it cannot run)."""
-    if kernel not in KERNELS:
-        raise ConfigError(f"unknown rwkv_kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    check_kernel(kernel)
     if kernel == "auto":
         if length == 1:
             return "sequential"
@@ -85,9 +92,9 @@ def _check_triton(device_type: str, key_dim: int, value_dim: int) -> None:
     """Raise ConfigError when effzoo's Triton scan cannot run here (no triton, no GPU, head sizes)."""
     if not has_triton():
         raise ConfigError("rwkv_kernel='triton' needs the triton package (`pip install 'effzoo[cuda]'`)")
-    from .triton_chunk import SUPPORTED_DIMS, interpreting, supports
+    from .triton_chunk import SUPPORTED_DIMS, supports
 
-    if device_type != "cuda" and not interpreting():
+    if device_type != "cuda" and not triton_interpreting():
         raise ConfigError(f"rwkv_kernel='triton' needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got "
                           f"{device_type}; use 'torch' on this device")
     if not supports(key_dim, value_dim):

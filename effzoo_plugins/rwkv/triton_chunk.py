@@ -12,12 +12,15 @@ Set ``TRITON_INTERPRET=1`` to run the kernels on CPU tensors (slow; used by the 
 from __future__ import annotations
 
 import functools
-import os
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from effzoo_plugins.feature_detection import triton_interpreting
 
 from .reference import assemble, chunk_terms
 
@@ -59,13 +62,9 @@ def _scan(
 
 
 @functools.cache
-def _kernel(interpret: bool):  # noqa: ARG001 - the cache key: triton.jit picks interpreter or compiler
+def _kernel(interpret: bool) -> Callable[..., Any]:
+    """The jitted scan; ``interpret`` is only the cache key (triton.jit picks interpreter or compiler)."""
     return triton.jit(_scan)
-
-
-def interpreting() -> bool:
-    """Whether TRITON_INTERPRET asks Triton to run kernels on CPU."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 def _run_scan(mat: Tensor, add: Tensor, init: Tensor | None, *, adjoint: bool) -> tuple[Tensor, Tensor]:
@@ -76,7 +75,7 @@ def _run_scan(mat: Tensor, add: Tensor, init: Tensor | None, *, adjoint: bool) -
     final = torch.empty(batch, heads, key_dim, value_dim, dtype=add.dtype, device=add.device)
     block_v = min(32, value_dim)
     grid = (batch * heads, value_dim // block_v)
-    _kernel(interpreting())[grid](
+    _kernel(triton_interpreting())[grid](
         mat, add, init.contiguous() if init is not None else final, visited, final, chunks,
         K=key_dim, V=value_dim, BV=block_v, TRANSPOSE=adjoint, REVERSE=adjoint, HAS_INIT=init is not None,
     )
