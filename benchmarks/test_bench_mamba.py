@@ -18,8 +18,7 @@ import pytest
 import torch
 
 import effzoo
-from effzoo.bench.speed import dense_causal_attention, train_step
-from effzoo.bench.timing import synchronize
+from effzoo.bench.speed import dense_causal_attention, fwd_bwd, train_step
 from effzoo_plugins.mamba import kernels
 from effzoo_plugins.mamba.ssd_reference import ssd_chunked
 
@@ -36,18 +35,6 @@ ROUNDS = dict(rounds=10, warmup_rounds=3, iterations=1) if CUDA else dict(rounds
 def _record(benchmark, length: int, **extra) -> None:  # type: ignore[no-untyped-def]
     benchmark.extra_info.update(device=torch.cuda.get_device_name() if CUDA else "cpu", tokens=length,
                                 dtype=str(DTYPE), **extra)
-
-
-def _fwd_bwd(make_inputs: Callable[[], list[torch.Tensor]], fn: Callable[..., torch.Tensor]):
-    inputs = make_inputs()
-
-    def run() -> None:
-        for t in inputs:
-            t.grad = None
-        fn(*inputs).float().sum().backward()
-        synchronize(DEVICE)
-
-    return run
 
 
 def _ssd_inputs(length: int) -> list[torch.Tensor]:
@@ -96,7 +83,7 @@ def _ssd_fn(impl: str) -> Callable[..., torch.Tensor]:
 def test_ssd_scan_fwd_bwd(benchmark, impl: str, length: int) -> None:
     if impl == "reference" and CUDA and length > 16384:
         pytest.skip("the PyTorch reference materialises every chunk's L×L decay matrix; GPU timing stops at 16k")
-    step = _fwd_bwd(lambda: _ssd_inputs(length), _ssd_fn(impl))
+    step = fwd_bwd(_ssd_inputs(length), _ssd_fn(impl))
     try:
         step()
     except Exception as exc:  # e.g. fla refusing its backward on Hopper with Triton < 3.7.1
@@ -116,7 +103,7 @@ def test_mamba2_mixer_fwd_bwd(benchmark, backend: str, length: int) -> None:
                              chunk_size=CHUNK, ssm_backend=backend)
     mixer = effzoo.build_from_config(cfg, device=DEVICE, dtype=DTYPE).blocks[0].mixer
     x = torch.randn(1, length, D_MODEL, device=DEVICE, dtype=DTYPE, requires_grad=True)
-    step = _fwd_bwd(lambda: [x], lambda t: mixer(t)[0])
+    step = fwd_bwd([x], lambda t: mixer(t)[0])
     benchmark.pedantic(step, **ROUNDS)
     _record(benchmark, length, backend=mixer.resolved_backend(DEVICE))
 
@@ -129,7 +116,7 @@ def test_dense_causal_sdpa_fwd_bwd(benchmark, length: int) -> None:
         return [torch.randn(1, ATTN_HEADS, length, ATTN_DIM, device=DEVICE, dtype=DTYPE, requires_grad=True)
                 for _ in range(3)]
 
-    benchmark.pedantic(_fwd_bwd(make, dense_causal_attention), **ROUNDS)
+    benchmark.pedantic(fwd_bwd(make(), dense_causal_attention), **ROUNDS)
     _record(benchmark, length, heads=ATTN_HEADS, head_dim=ATTN_DIM)
 
 

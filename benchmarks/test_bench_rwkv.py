@@ -13,15 +13,13 @@ than dense causal SDPA at the 0.5B attention shape (14 heads, D=64) from 32k tok
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import effzoo
-from effzoo.bench.speed import dense_causal_attention
-from effzoo.bench.timing import synchronize
+from effzoo.bench.speed import dense_causal_attention, fwd_bwd
 from effzoo_plugins.rwkv import kernels
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -36,16 +34,6 @@ ROUNDS = dict(rounds=10, warmup_rounds=3, iterations=1) if CUDA else dict(rounds
 def _record(benchmark, length: int, **extra) -> None:  # type: ignore[no-untyped-def]
     benchmark.extra_info.update(device=torch.cuda.get_device_name() if CUDA else "cpu", tokens=length,
                                 dtype=str(DTYPE), **extra)
-
-
-def _fwd_bwd(inputs: list[torch.Tensor], fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
-    def run() -> None:
-        for t in inputs:
-            t.grad = None
-        fn(*inputs).float().sum().backward()
-        synchronize(DEVICE)
-
-    return run
 
 
 def _wkv_inputs(length: int) -> list[torch.Tensor]:
@@ -77,7 +65,7 @@ def _impls() -> list:
 @pytest.mark.parametrize("impl", _impls())
 def test_wkv_fwd_bwd(benchmark, impl: str, length: int) -> None:
     """The recurrence alone (B=1, 16 heads, K=64 on CUDA), as fla's ``chunk_rwkv7`` was measured."""
-    step = _fwd_bwd(_wkv_inputs(length), lambda *x: kernels.wkv7(*x, None, kernel=impl)[0])
+    step = fwd_bwd(_wkv_inputs(length), lambda *x: kernels.wkv7(*x, None, kernel=impl)[0])
     benchmark.pedantic(step, **ROUNDS)
     _record(benchmark, length, heads=HEADS, head_dim=HEAD_DIM)
 
@@ -90,7 +78,7 @@ def test_dense_causal_sdpa_fwd_bwd(benchmark, length: int) -> None:
     inputs = [torch.randn(1, ATTN_HEADS, length, ATTN_DIM, generator=g).to(DEVICE, DTYPE).requires_grad_()
               for _ in range(3)]
 
-    benchmark.pedantic(_fwd_bwd(inputs, dense_causal_attention), **ROUNDS)
+    benchmark.pedantic(fwd_bwd(inputs, dense_causal_attention), **ROUNDS)
     _record(benchmark, length, heads=ATTN_HEADS, head_dim=ATTN_DIM)
 
 
@@ -112,6 +100,6 @@ def test_time_mix_fwd_bwd(benchmark, kernel: str, length: int) -> None:
         ctx.carry["rwkv7_v_first"] = v_first
         return mix(inp, ctx, None, None)[0]
 
-    benchmark.pedantic(_fwd_bwd([x], mixer), **ROUNDS)
+    benchmark.pedantic(fwd_bwd([x], mixer), **ROUNDS)
     _record(benchmark, length, d_model=d, kernel=kernel,
             resolved=kernels.resolve_kernel(kernel, DEVICE.type, length, mix.head_size, mix.head_size))

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import effzoo
+from model_checks import cached_logits, train_losses
 from effzoo.errors import ConfigError, UnknownNameError
 from effzoo_plugins.mamba.block import MambaBlock
 
@@ -18,24 +19,15 @@ def test_hybrid_builds_trains_and_decodes_with_mixed_caches():
     assert model.blocks[0].ffn is not None  # the attention variant's SwiGLU stays in every layer
 
     ids = torch.randint(0, 512, (2, 25), generator=torch.Generator().manual_seed(1))
-    inputs, targets = ids[:, :-1], ids[:, 1:]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(5):
-        optimizer.zero_grad()
-        loss = model(inputs, targets=targets).loss
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    inputs = ids[:, :-1]
+    losses = train_losses(model, ids, steps=5)
     assert losses[-1] < losses[0] - 0.05, losses
 
     model.eval()
     with torch.no_grad():
         full = model(inputs).logits
         cache = model.new_cache(2, 32)
-        pieces = [model(inputs[:, :15], cache=cache).logits]
-        pieces += [model(inputs[:, t:t + 1], cache=cache).logits for t in range(15, 24)]
-        torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(cached_logits(model, inputs, prefill=15, cache=cache), full, rtol=1e-4, atol=1e-4)
         assert cache.layers[3].length == 24 and cache.layers[0].tokens == 24  # KV cache beside SSM states
         assert model.generate(inputs[:, :5], 4).shape == (2, 9)
 

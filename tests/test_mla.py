@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import effzoo
+from model_checks import train_losses
 from effzoo.errors import ConfigError
 from effzoo.interfaces import MixContext
 from effzoo_plugins.attention_mla import LatentCache, MultiHeadLatentAttention, equalise_head_dims
@@ -214,14 +215,7 @@ def test_equalise_head_dims_shapes():
 def test_loss_decreases_on_a_fixed_batch():
     model = small_mla()
     ids = tokens(4, 16)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(8):
-        loss = model(ids[:, :-1], targets=ids[:, 1:]).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_losses(model, ids, steps=8)
     assert losses[-1] < losses[0] - 0.5, losses
 
 

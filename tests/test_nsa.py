@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import effzoo
+from model_checks import train_losses
 from effzoo.errors import ConfigError, UnknownNameError
 from effzoo.interfaces import MixContext
 from effzoo.ops.attention import reference_attention
@@ -231,14 +232,7 @@ def test_loss_decreases_on_a_fixed_batch():
     torch.manual_seed(0)
     model = effzoo.build("nsa", "tiny", n_layers=1, **SMALL)
     ids = torch.randint(0, 512, (2, 25))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(6):
-        loss = model(ids[:, :-1], targets=ids[:, 1:]).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_losses(model, ids, steps=6)
     assert losses[-1] < 0.8 * losses[0]
 
 

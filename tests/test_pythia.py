@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import effzoo
+from model_checks import train_losses
 from effzoo.cli import main
 from effzoo.errors import ConfigError
 from effzoo.hf import import_checkpoint
@@ -69,14 +70,7 @@ def test_pythia_vocabulary_gives_the_real_pythia_410m_count(capsys) -> None:
 def test_tiny_trains_and_cached_decoding_equals_full_forward() -> None:
     model = effzoo.build("pythia", "tiny")
     batch = torch.randint(0, 512, (2, 17))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(4):
-        loss = model(batch[:, :-1], targets=batch[:, 1:]).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_losses(model, batch, steps=4)
     assert losses[-1] < losses[0]
     model.eval()
     generated = model.generate(batch[:, :5], 6)

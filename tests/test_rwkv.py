@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import effzoo
+from model_checks import train_losses
 from effzoo.errors import ConfigError
 from effzoo_plugins.rwkv import kernels
 from effzoo_plugins.rwkv.block import RWKV7State, V_FIRST_KEY
@@ -203,14 +204,7 @@ def test_state_bytes_match_the_allocated_state() -> None:
 def test_loss_decreases_on_a_fixed_batch() -> None:
     model = effzoo.build("rwkv", size="tiny", dtype="float32", n_layers=2)
     ids = torch.randint(0, 512, (2, 49), generator=torch.Generator().manual_seed(6))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(6):
-        optimizer.zero_grad()
-        loss = model(ids[:, :-1], targets=ids[:, 1:]).loss
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_losses(model, ids, steps=6, lr=1e-2)
     assert losses[0] == pytest.approx(math.log(512), abs=0.3)
     assert losses[-1] < losses[0] - 2.0, losses
 

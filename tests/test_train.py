@@ -14,13 +14,7 @@ from effzoo.model.decoder import EffzooModel
 from effzoo.train import TrainConfig, TrainingError, train
 from effzoo.train.checkpoint import list_checkpoints
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes gain nothing from threads, and OpenMP spinning hurts on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # a very small model so every run takes a second or two on two CPU cores

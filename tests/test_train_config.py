@@ -4,19 +4,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from effzoo.cli import main
 from effzoo.errors import ConfigError
 from effzoo.train import TrainConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 YAML = """\

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import effzoo
+from model_checks import cached_logits, train_losses
 from effzoo.errors import ConfigError
 
 REGISTRY = effzoo.REGISTRY.ensure_loaded()
@@ -40,14 +41,7 @@ def test_variant_with_position(variant: str, position: str, tmp_path) -> None:
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(6):
-        optimizer.zero_grad()
-        loss = model(inputs, targets=targets).loss
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_losses(model, ids, steps=6)
     assert losses[-1] < losses[0] - 0.05, losses
 
     model.eval()
@@ -58,7 +52,4 @@ def test_variant_with_position(variant: str, position: str, tmp_path) -> None:
         torch.testing.assert_close(again(inputs).logits, full, rtol=0, atol=0)
 
         if spec.capabilities.kv_cache or spec.capabilities.recurrent:
-            cache = model.new_cache(2, 32)
-            pieces = [model(inputs[:, :13], cache=cache).logits]
-            pieces += [model(inputs[:, t:t + 1], cache=cache).logits for t in range(13, inputs.shape[1])]
-            torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(cached_logits(model, inputs, prefill=13), full, rtol=1e-4, atol=1e-4)

@@ -44,6 +44,19 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ids: to
     return step
 
 
+def fwd_bwd(inputs: list[torch.Tensor], fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
+    """A benchmark step: ``fn(*inputs)``, a backward of its sum into fresh gradients, device synchronised."""
+    device = inputs[0].device
+
+    def step() -> None:
+        for tensor in inputs:
+            tensor.grad = None
+        fn(*inputs).float().sum().backward()
+        synchronize(device)
+
+    return step
+
+
 def training_throughput(
     variant: str, size: str, seq_lens: list[int], *, tokens_per_batch: int, device: str = "cpu",
     dtype: str | None = None, steps: int = 3, **overrides: Any,
