@@ -8,38 +8,53 @@ import torch
 from torch import Tensor
 
 
-class KVCache:
+class TokenCache:
+    """Preallocated per-token buffers of one layer, each (B, H, max_len, D), sharing one fill level."""
+
+    def __init__(self, *buffers: Tensor) -> None:
+        self.buffers = buffers
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.buffers[0].shape[2]
+
+    def append(self, *values: Tensor) -> tuple[Tensor, ...]:
+        """Store (B, H, T, D) new values, one per buffer; return views of everything cached so far."""
+        end = self.length + values[0].shape[2]
+        if end > self.max_len:
+            raise RuntimeError(f"KV cache overflow: {end} tokens > max_len {self.max_len}; allocate a larger cache")
+        for buffer, value in zip(self.buffers, values):
+            buffer[:, :, self.length:end] = value
+        self.length = end
+        return tuple(buffer[:, :, :end] for buffer in self.buffers)
+
+    def write(self, *values: Tensor, positions: Tensor) -> tuple[Tensor, ...]:
+        """Static-shape update: store (B, H, T, D) values in the slots ``positions`` (T,) (a device tensor;
+        slot i holds position i) and return the whole buffers. ``length`` is not tracked here: the caller
+        masks unwritten slots by causality (see effzoo.model.fast_decode)."""
+        for buffer, value in zip(self.buffers, values):
+            buffer.index_copy_(2, positions, value.to(buffer.dtype))
+        return self.buffers
+
+
+class KVCache(TokenCache):
     """Preallocated keys/values (B, H, max_len, D) for one attention layer; filled left to right."""
 
     def __init__(
         self, batch: int, n_heads: int, max_len: int, k_dim: int, v_dim: int | None,
         device: torch.device, dtype: torch.dtype,
     ) -> None:
-        self.k = torch.zeros(batch, n_heads, max_len, k_dim, device=device, dtype=dtype)
-        self.v = torch.zeros(batch, n_heads, max_len, v_dim or k_dim, device=device, dtype=dtype)
-        self.length = 0
+        super().__init__(torch.zeros(batch, n_heads, max_len, k_dim, device=device, dtype=dtype),
+                         torch.zeros(batch, n_heads, max_len, v_dim or k_dim, device=device, dtype=dtype))
 
     @property
-    def max_len(self) -> int:
-        return self.k.shape[2]
+    def k(self) -> Tensor:
+        return self.buffers[0]
 
-    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store (B, H, T, D) new keys/values; return views of everything cached so far."""
-        end = self.length + k.shape[2]
-        if end > self.max_len:
-            raise RuntimeError(f"KV cache overflow: {end} tokens > max_len {self.max_len}; allocate a larger cache")
-        self.k[:, :, self.length:end] = k
-        self.v[:, :, self.length:end] = v
-        self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
-
-    def write(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """Static-shape update: store (B, H, T, D) keys/values in the slots ``positions`` (T,) (a device
-        tensor; slot i holds position i) and return the whole buffers. ``length`` is not tracked here:
-        the caller masks unwritten slots by causality (see effzoo.model.fast_decode)."""
-        self.k.index_copy_(2, positions, k.to(self.k.dtype))
-        self.v.index_copy_(2, positions, v.to(self.v.dtype))
-        return self.k, self.v
+    @property
+    def v(self) -> Tensor:
+        return self.buffers[1]
 
 
 @dataclass

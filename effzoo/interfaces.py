@@ -73,11 +73,6 @@ class MixContext:
     # e.g. every slot of a preallocated cache. None: the dynamic layout (queries are the last of the keys).
     kv_positions: Tensor | None = None
 
-    @property
-    def offset(self) -> int:
-        """Number of tokens already consumed by the cache before this call (a host sync: eager paths only)."""
-        return int(self.positions[0]) if self.positions.numel() else 0
-
 
 class Attention(nn.Module, ABC):
     """Token mixing by attention: (B, T, d_model) -> (B, T, d_model), with a cache for decoding."""

@@ -34,7 +34,7 @@ class GroupedQueryAttention(Attention):
         q, k = ctx.position.rotate(q, ctx.positions), ctx.position.rotate(k, ctx.positions)
         static = ctx.kv_positions is not None  # static-shape decoding: whole cache, device positions
         if cache is not None:
-            k, v = cache.write(k, v, ctx.positions) if static else cache.append(k, v)
+            k, v = cache.write(k, v, positions=ctx.positions) if static else cache.append(k, v)
         y = attend(q, k, v, causal=True, position=ctx.position, backend=ctx.backend,
                    q_positions=ctx.positions if static else None, k_positions=ctx.kv_positions)
         return self.out_proj(y.transpose(1, 2).reshape(batch, length, -1)), cache

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from effzoo.cache import TokenCache
 from effzoo.config import ModelConfig
 from effzoo.errors import ConfigError
 from effzoo.hookspecs import hookimpl
@@ -120,31 +121,15 @@ class MLADims:
             raise ConfigError(f"mla_absorb must be true or false, got {cfg.opt('mla_absorb')!r}")
 
 
-class LatentCache:
+class LatentCache(TokenCache):
     """Per-token ``[latent, rotary key]`` of one layer, (B, 1, max_len, kv_lora_rank + rope), left to right."""
 
     def __init__(self, batch: int, max_len: int, width: int, device: torch.device, dtype: torch.dtype) -> None:
-        self.entries = torch.zeros(batch, 1, max_len, width, device=device, dtype=dtype)
-        self.length = 0
+        super().__init__(torch.zeros(batch, 1, max_len, width, device=device, dtype=dtype))
 
     @property
-    def max_len(self) -> int:
-        return self.entries.shape[2]
-
-    def append(self, entries: Tensor) -> Tensor:
-        """Store (B, 1, T, width) new entries; return a view of everything cached so far."""
-        end = self.length + entries.shape[2]
-        if end > self.max_len:
-            raise RuntimeError(f"MLA cache overflow: {end} tokens > max_len {self.max_len}; allocate a larger cache")
-        self.entries[:, :, self.length:end] = entries
-        self.length = end
-        return self.entries[:, :, :end]
-
-    def write(self, entries: Tensor, positions: Tensor) -> Tensor:
-        """Static-shape update: store (B, 1, T, width) entries at slots ``positions`` (T,), return the whole
-        buffer; unwritten slots are masked by causality (see ``MixContext.kv_positions``)."""
-        self.entries.index_copy_(2, positions, entries.to(self.entries.dtype))
-        return self.entries
+    def entries(self) -> Tensor:
+        return self.buffers[0]
 
 
 def equalise_head_dims(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -236,7 +221,8 @@ class MultiHeadLatentAttention(Attention):
         if cache is None:
             y = self.attend_materialised(q_nope, q_rope, entries, ctx)
         else:
-            entries = cache.write(entries, ctx.positions) if ctx.kv_positions is not None else cache.append(entries)
+            static = ctx.kv_positions is not None
+            (entries,) = cache.write(entries, positions=ctx.positions) if static else cache.append(entries)
             path = self.attend_absorbed if self.absorb else self.attend_materialised
             y = path(q_nope, q_rope, entries, ctx)
         return self.out_proj(y.transpose(1, 2).reshape(batch, length, -1)), cache
