@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -50,26 +51,54 @@ def read_config(directory: str | os.PathLike[str]) -> ModelConfig:
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: not a saved effzoo model")
-    document = json.loads(path.read_text())
-    if "effzoo" not in document:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc}); the saved model is damaged") from exc
+    if not isinstance(document, dict) or "effzoo" not in document:
         raise ConfigError(
-            f"{path} is not an effzoo config (model_type={document.get('model_type')!r}); "
+            f"{path} is not an effzoo config (model_type={document.get('model_type') if isinstance(document, dict) else None!r}); "
             "to import a transformers Qwen2/GPT-NeoX checkpoint use effzoo.hf.import_checkpoint"
         )
     return ModelConfig.from_dict(document["effzoo"])
+
+
+def model_directory(directory: str | os.PathLike[str]) -> Path:
+    """``directory`` itself, or for a training run folder (``checkpoints/step_*``) its newest intact
+    checkpoint; a folder that holds neither is named in the error."""
+    path = Path(directory).expanduser()
+    if (path / CONFIG_NAME).is_file() or not path.is_dir():
+        return path
+    from .train.checkpoint import checkpoint_dir, list_checkpoints, newest_intact
+
+    if list_checkpoints(path):
+        found = newest_intact(path, logging.getLogger("effzoo").warning)
+        if found is None:
+            raise ConfigError(f"{path} is a training run, but no checkpoint in {checkpoint_dir(path)} is intact")
+        return found
+    raise FileNotFoundError(f"no {CONFIG_NAME} in {path}: not a saved effzoo model or a training run folder "
+                            "with checkpoints/step_*")
 
 
 def from_pretrained(
     directory: str | os.PathLike[str], *, device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
 ) -> torch.nn.Module:
-    """Rebuild a model saved by ``save_pretrained`` (every weight must match the config)."""
+    """Rebuild a model saved by ``save_pretrained``, or a training run's newest intact checkpoint (every
+    weight must match the config)."""
     from .build import build_empty, parse_dtype
 
+    directory = model_directory(directory)
     model = build_empty(read_config(directory), device=device)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}")
     try:
-        load_model(model, str(Path(directory) / WEIGHTS_NAME), strict=True, device=str(model.embed.weight.device))
+        load_model(model, str(weights), strict=True, device=str(model.embed.weight.device))
     except RuntimeError as exc:
         raise ConfigError(f"weights in {directory} do not match its config.json: {exc}") from exc
+    except Exception as exc:  # safetensors' SafetensorError for a truncated or foreign file
+        raise ConfigError(f"{weights} is not a readable safetensors file ({str(exc).splitlines()[0]}); "
+                          "it is damaged or was not written by effzoo") from exc
     torch_dtype = parse_dtype(dtype)
     return model.to(torch_dtype) if torch_dtype is not None else model

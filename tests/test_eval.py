@@ -171,5 +171,5 @@ def test_transformers_directory(tmp_path):
     transformers.Qwen2ForCausalLM(config).save_pretrained(tmp_path / "hf")
     lm = load_language_model(str(tmp_path / "hf"))
     assert lm.max_len == 256 and lm.tokenizer.vocab_size == tok.vocab_size
-    stats = perplexity(lm, torch.randint(0, 300, (300,)).numpy(), seq_len=64)
+    stats = perplexity(lm, torch.randint(0, tok.vocab_size, (300,)).numpy(), seq_len=64)
     assert math.isfinite(stats["loss"]) and stats["tokens"] == 256

@@ -22,17 +22,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: effzoo <command> [options]", "", "commands:"]
+    lines = ["usage: effzoo [--debug] <command> [options]", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "Run `effzoo <command> --help` for the options of a command."]
+    lines += ["", "Run `effzoo <command> --help` for the options of a command.",
+              "--debug (anywhere, or EFFZOO_DEBUG=1) shows the full traceback of an error."]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``effzoo`` console script and ``python -m effzoo``."""
+    """Entry point of the ``effzoo`` console script and ``python -m effzoo``. An error caused by the input
+    (an effzoo error or an unreadable file) is one line, ``effzoo <command>: error: ...``, exit code 2."""
     import argparse
+    import os
 
     args = list(sys.argv[1:] if argv is None else argv)
+    end = args.index("--") if "--" in args else len(args)
+    debug = "--debug" in args[:end] or os.environ.get("EFFZOO_DEBUG", "") not in ("", "0")
+    args = [a for i, a in enumerate(args) if not (a == "--debug" and i < end)]
     if not args or args[0] in ("-h", "--help"):
         print(_usage())
         return 0 if args else 2
@@ -57,6 +63,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(module.run(parsed) or 0)
-    except (EffzooError, FileNotFoundError) as exc:
-        print(f"effzoo {name}: error: {exc}", file=sys.stderr)
+    except (EffzooError, OSError) as exc:
+        if debug:
+            raise
+        print(f"effzoo {name}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error's message on one line (an OSError without one gets its type and file name)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+        text = f"{exc.strerror or type(exc).__name__}: {exc.filename}"
+    return text or type(exc).__name__

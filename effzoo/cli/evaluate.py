@@ -4,18 +4,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from effzoo.data.shards import TOKEN_DTYPES
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="task", required=True, metavar="ppl|mmlu|cmmlu")
     ppl = sub.add_parser("ppl", help="perplexity on a validation split, token shard or text file")
     _model_args(ppl)
     ppl.add_argument("--data", help="token directory or Megatron prefix (default: the embedded corpus)")
-    ppl.add_argument("--split", default="val", choices=("val", "train"))
+    ppl.add_argument("--split", default="val", choices=("val", "train"), help="split of --data (default val)")
     ppl.add_argument("--text", help="a text/JSONL/parquet file, tokenized with the model's tokenizer")
-    ppl.add_argument("--tokens", help="a raw token shard (.bin), read with --dtype")
-    ppl.add_argument("--dtype-tokens", default="uint16", help="dtype of --tokens (default uint16)")
-    ppl.add_argument("--seq-len", type=int, default=512)
-    ppl.add_argument("--batch-size", type=int, default=4)
+    ppl.add_argument("--tokens", help="a raw token shard (.bin), read with --dtype-tokens")
+    ppl.add_argument("--dtype-tokens", default="uint16",
+                     help=f"dtype of --tokens: {', '.join(TOKEN_DTYPES)} (default uint16)")
+    ppl.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512, at most the model's)")
+    ppl.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
     ppl.add_argument("--max-tokens", type=int, help="stop after this many predicted tokens")
     for task in ("mmlu", "cmmlu"):
         p = sub.add_parser(task, help=f"{task.upper()} accuracy from a local CSV directory")
@@ -32,7 +35,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="saved effzoo directory, training run directory, transformers directory, or a variant name")
     p.add_argument("--size", default="tiny", help="size when --model is a variant name (default tiny)")
     p.add_argument("--tokenizer", help="override the model's tokenizer ('byte', tokenizer.json or directory)")
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default cuda if present, else cpu)")
     p.add_argument("--dtype", help="model dtype, e.g. bf16")
     p.add_argument("--out", help="write OUT.json and OUT.md (default: print the table only)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -62,10 +65,11 @@ def _ppl(args: argparse.Namespace, lm) -> dict:
 
     from effzoo.eval import perplexity
 
+    vocab_size = None  # the data's own vocabulary, where the data records one
     if args.tokens:
-        from effzoo.data.shards import memmap_tokens
+        from effzoo.data.shards import memmap_tokens, token_dtype
 
-        tokens, data, split = memmap_tokens(args.tokens, np.dtype(args.dtype_tokens)), args.tokens, "file"
+        tokens, data, split = memmap_tokens(args.tokens, token_dtype(args.dtype_tokens)), args.tokens, "file"
     elif args.text:
         from effzoo.data.readers import iter_documents
 
@@ -78,8 +82,16 @@ def _ppl(args: argparse.Namespace, lm) -> dict:
 
         ds = open_dataset(args.data) if args.data else embedded_dataset(lm.tokenizer.spec)
         tokens, data, split = ds.split(args.split), args.data or "embedded", args.split
+        vocab_size = ds.vocab_size
+        made_with = ((ds.manifest or {}).get("tokenizer") or {}).get("fingerprint")
+        if made_with and made_with != lm.tokenizer.fingerprint:
+            from effzoo.data import DataError
+
+            raise DataError(f"tokenized with {ds.manifest['tokenizer'].get('spec')}, but the model uses tokenizer "
+                            f"{lm.tokenizer.spec}; pass --tokenizer or evaluate on data made with its tokenizer",
+                            path=ds.source)
     stats = perplexity(lm, tokens, seq_len=args.seq_len, batch_size=args.batch_size, max_tokens=args.max_tokens,
-                       progress=not args.quiet)
+                       progress=not args.quiet, vocab_size=vocab_size)
     return {"task": "ppl", "model": lm.name, "data": str(Path(data)) if data != "embedded" else data,
             "split": split, **stats}
 

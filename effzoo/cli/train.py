@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="run folder: logs, checkpoints, metrics.json (default runs/VARIANT-SIZE)")
     parser.add_argument("--resume", nargs="?", const="latest", metavar="latest|STEP",
                         help="continue from the latest checkpoint in --out, or from a given step")
+    parser.add_argument("--allow-model-change", action="store_true", default=None,
+                        help="resume although the model settings differ from the checkpoint's")
     parser.add_argument("--eval-every", type=int, help="validation every N steps, 0 = only at the end (default 200)")
     parser.add_argument("--eval-batches", type=int, help="validation batches per evaluation (default 8)")
     parser.add_argument("--ckpt-every", type=int, help="checkpoint every N steps, 0 = only at the end (default 1000)")

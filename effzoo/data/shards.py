@@ -8,10 +8,28 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DataError
+
+
+TOKEN_DTYPES = ("uint16", "uint32", "uint8", "int32", "int64")
+
+
+def token_dtype(name: str | np.dtype) -> np.dtype:
+    """The numpy dtype of a token file, from one of ``TOKEN_DTYPES``; a clear error for anything else."""
+    if str(name) not in TOKEN_DTYPES:
+        raise DataError(f"unknown token dtype {str(name)!r}; choose one of {', '.join(TOKEN_DTYPES)}")
+    return np.dtype(str(name))
+
 
 def memmap_tokens(path: str | os.PathLike[str], dtype: np.dtype | str) -> np.ndarray:
-    """``path`` memory-mapped read-only as ``dtype`` (an empty array for an empty file)."""
-    if Path(path).stat().st_size == 0:
+    """``path`` memory-mapped read-only as ``dtype`` (an empty array for an empty file). A file whose
+    length is not a whole number of tokens is a ``DataError`` naming it."""
+    dtype = np.dtype(dtype)
+    size = Path(path).stat().st_size
+    if size % dtype.itemsize:
+        raise DataError(f"{size:,} bytes is not a whole number of {dtype} tokens ({dtype.itemsize} bytes each): "
+                        "the file is truncated or has another dtype", path=path)
+    if size == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r")
 

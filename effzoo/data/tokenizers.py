@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from effzoo.errors import EffzooError, close_matches
 
 from ..atomic import atomic_dir
+from .errors import DataError
 from .manifest import file_sha256
 
 EOS_TOKEN = "<|endoftext|>"
@@ -65,7 +66,10 @@ def _configured_eos(directory: Path) -> str | None:
     config = directory / "tokenizer_config.json"
     if not config.is_file():
         return None
-    eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token")
+    try:
+        eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token")
+    except (ValueError, AttributeError) as exc:
+        raise DataError(f"not a readable tokenizer config ({exc})", path=config) from exc
     return eos.get("content") if isinstance(eos, dict) else eos
 
 
@@ -77,7 +81,11 @@ class HFTokenizer:
 
         path = Path(path)
         file = path / "tokenizer.json" if path.is_dir() else path
-        self._tok = RustTokenizer.from_file(str(file))
+        try:
+            self._tok = RustTokenizer.from_file(str(file))
+        except Exception as exc:  # tokenizers raises a bare Exception for unreadable or malformed files
+            raise DataError(f"not a readable tokenizer file ({str(exc).splitlines()[0] if str(exc) else exc!r})",
+                            path=file) from exc
         self.spec = str(path.resolve())
         self.name = path.name if path.is_dir() else path.parent.name or path.stem
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
@@ -109,7 +117,11 @@ class TransformersTokenizer:
         from transformers import AutoTokenizer
 
         directory = Path(directory)
-        self._tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        try:
+            self._tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        except Exception as exc:  # transformers raises many types for a damaged tokenizer directory
+            raise DataError(f"transformers cannot read this tokenizer directory ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''})", path=directory) from exc
         self.spec = str(directory.resolve())
         self.name = directory.name
         self.vocab_size = len(self._tok)

@@ -40,11 +40,26 @@ class LanguageModel:
 
 def _is_effzoo_dir(path: Path) -> bool:
     config = path / "config.json"
-    return config.is_file() and "effzoo" in json.loads(config.read_text())
+    if not config.is_file():
+        return False
+    try:
+        return "effzoo" in json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{config} is not valid JSON ({exc})") from exc
 
 
 def _latest_checkpoint(run: Path) -> Path | None:
-    found = [p.parent for p in run.rglob("config.json") if _is_effzoo_dir(p.parent)]
+    """A training run's newest intact checkpoint (damaged ones are skipped, with a warning), else the
+    newest saved effzoo model below ``run``; hidden staging folders are never candidates."""
+    from effzoo.train.checkpoint import checkpoint_dir, list_checkpoints, newest_intact
+
+    if list_checkpoints(run):
+        found = newest_intact(run, log.warning)
+        if found is None:
+            raise ConfigError(f"no intact checkpoint in {checkpoint_dir(run)}: every one is damaged")
+        return found
+    found = [p.parent for p in run.rglob("config.json")
+             if not any(part.startswith(".") for part in p.relative_to(run).parts) and _is_effzoo_dir(p.parent)]
     if not found:
         return None
 
@@ -64,7 +79,11 @@ def _run_tokenizer(run: Path) -> str | None:
         return "byte"
     from effzoo.data import open_dataset
 
-    return open_dataset(data).tokenizer
+    path = Path(data).expanduser()
+    if not path.is_absolute() and not path.exists() and not Path(f"{path}.idx").exists():
+        raise ConfigError(f"{config} names the relative data path {data!r}, which does not exist from here "
+                          f"(runs now record absolute paths); run from the folder it was trained in, or pass --tokenizer")
+    return open_dataset(path).tokenizer
 
 
 def _own_tokenizer(path: Path) -> str | None:

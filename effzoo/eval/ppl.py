@@ -13,17 +13,37 @@ from effzoo.data.errors import DataError
 from .models import LanguageModel
 
 
+def check_token_ids(lm: LanguageModel, tokens: Any, count: int, vocab_size: int | None = None,
+                    chunk: int = 1 << 24) -> None:
+    """Raise ``DataError`` when one of the first ``count`` tokens is negative or not below the smallest of the
+    model's vocabulary, its tokenizer's and the data's (``vocab_size``): such an id either crashes the
+    embedding or yields a perplexity of nothing real."""
+    limits = {"the model's vocabulary": getattr(getattr(lm.model, "config", None), "vocab_size", None),
+              f"the vocabulary of tokenizer {lm.tokenizer.name}": lm.tokenizer.vocab_size,
+              "the data's vocabulary": vocab_size}
+    name, limit = min(((k, int(v)) for k, v in limits.items() if v), key=lambda item: item[1])
+    for start in range(0, count, chunk):
+        block = np.asarray(tokens[start:min(start + chunk, count)]).astype(np.int64)
+        bad = np.flatnonzero((block < 0) | (block >= limit))
+        if len(bad):
+            raise DataError(f"token {start + int(bad[0])} is id {int(block[bad[0]])}, outside {name} (size {limit}); "
+                            "the data was not made with this model's tokenizer (pass --tokenizer, or other data)")
+
+
 @torch.no_grad()
 def perplexity(lm: LanguageModel, tokens: Any, *, seq_len: int = 512, batch_size: int = 4,
-               max_tokens: int | None = None, progress: bool = False) -> dict[str, float | int]:
+               max_tokens: int | None = None, progress: bool = False,
+               vocab_size: int | None = None) -> dict[str, float | int]:
     """Mean next-token cross-entropy and its exponent over windows ``[i*L, (i+1)*L]`` of ``tokens``
-    (every token predicted once, each window predicting ``L`` tokens), up to ``max_tokens`` predictions."""
+    (every token predicted once, each window predicting ``L`` tokens), up to ``max_tokens`` predictions.
+    Every id is checked first against the model's, the tokenizer's and ``vocab_size`` (the data's)."""
     seq_len = min(seq_len, lm.max_len)
     windows = (len(tokens) - 1) // seq_len
     if max_tokens is not None:
         windows = min(windows, max(1, max_tokens // seq_len))
     if windows < 1:
         raise DataError(f"{len(tokens)} tokens are fewer than one window of {seq_len} + 1; lower --seq-len")
+    check_token_ids(lm, tokens, windows * seq_len + 1, vocab_size)
     from tqdm import tqdm
 
     nll, count = 0.0, 0
@@ -33,8 +53,6 @@ def perplexity(lm: LanguageModel, tokens: Any, *, seq_len: int = 512, batch_size
         data = torch.from_numpy(batch)
         logits = lm.logits(data[:, :-1]).float()
         targets = data[:, 1:].to(logits.device)
-        if logits.shape[-1] <= int(targets.max()):
-            raise DataError(f"token id {int(targets.max())} is outside the model's vocabulary ({logits.shape[-1]})")
         nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum").item()
         count += targets.numel()
     loss = nll / count

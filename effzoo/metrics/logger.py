@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_text
+from ..data.errors import DataError
 
 LOG = logging.getLogger("effzoo.train")
 JSONL_NAME = "metrics.jsonl"
@@ -58,11 +59,10 @@ class StepLogger:
                 self._tb = SummaryWriter(str(out / "tensorboard"))
 
     def _truncate_after(self, step: int) -> None:
-        """Drop records a killed run wrote after the checkpoint being resumed."""
+        """Drop records a killed run wrote after the checkpoint being resumed, and a torn last line."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = [line for line in _lines(self.path) if json.loads(line).get("step", 0) <= step]
         write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -84,7 +84,21 @@ class StepLogger:
             self._tb.close()
 
 
+def _lines(path: Path) -> list[str]:
+    """The JSON lines of ``path``. A last line cut short by a kill is dropped; damage elsewhere is an error."""
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    for number, line in enumerate(lines):
+        try:
+            json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines) - 1:
+                LOG.warning("%s: dropped a torn last line (a run was interrupted while writing it)", path)
+                return lines[:-1]
+            raise DataError(f"line {number + 1} is not valid JSON ({exc})", path=path) from exc
+    return lines
+
+
 def read_jsonl(path: str | Path, kind: str | None = "train") -> list[dict[str, Any]]:
     """Records of one kind ('train', 'val', or None for all) from a metrics.jsonl file."""
-    records = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = [json.loads(line) for line in _lines(Path(path))]
     return [r for r in records if kind is None or r.get("kind") == kind]

@@ -50,6 +50,7 @@ class TrainConfig:
     fused_loss: bool = True  # chunked linear + cross-entropy that never holds the full logits
     out: str | None = None  # None = runs/{variant}-{size}
     resume: str | None = None  # None | "latest" | a step number
+    allow_model_change: bool = False  # resume although the model settings differ from the checkpoint's
     eval_every: int = 200
     eval_batches: int = 8
     ckpt_every: int = 1000
@@ -111,6 +112,7 @@ class TrainConfig:
 
     def validate(self, world_size: int = 1) -> None:
         """Raise ConfigError on any setting that cannot work, before anything is built or loaded."""
+        self._check_finite()
         if self.steps is None and self.tokens is None:
             raise ConfigError("give the run a length: --steps N or --tokens N (e.g. --tokens 1e9)")
         if self.steps is not None and self.tokens is not None:
@@ -144,6 +146,15 @@ class TrainConfig:
                               "or a Megatron PREFIX); omit --data to train on the embedded corpus")
         if self.resume is not None and self.resume != "latest" and not str(self.resume).isdigit():
             raise ConfigError(f"--resume takes 'latest' or a step number, got {self.resume!r}")
+
+
+    def _check_finite(self) -> None:
+        """Refuse inf/nan in any numeric setting, training or model (``--set``), before anything runs."""
+        values = [(f"--{f.name.replace('_', '-')}", getattr(self, f.name)) for f in dataclasses.fields(self)]
+        values += [(f"--set {key}", value) for key, value in self.model.items()]
+        for name, value in values:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value}")
 
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:

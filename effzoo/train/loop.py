@@ -6,8 +6,10 @@ in ``distributed.py``; checkpoint files in ``checkpoint.py``; the metrics in ``e
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -27,7 +29,10 @@ from ..atomic import write_json
 from ..metrics import DeviceSampler, RunCounters, StepLogger, progress_line, summarize, write_summary
 from ..metrics.flops import mfu
 from ..metrics.summary import perplexity_of
-from .checkpoint import find_checkpoint, list_checkpoints, load_checkpoint, remove_stale, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    finite_flag, find_checkpoint, list_checkpoints, load_checkpoint, model_changes, remove_stale, rng_state,
+    save_checkpoint, set_rng_state,
+)
 from .config import TrainConfig
 from .distributed import (
     DistInfo, all_reduce_mean, env_info, gather_objects, init_distributed, setup_logging, shutdown, wrap_ddp, wrap_fsdp,
@@ -100,29 +105,39 @@ def train(config: TrainConfig | dict[str, Any]) -> TrainResult:
         config = TrainConfig.from_dict(config)
     info = env_info()
     config.validate(info.world_size)
+    if config.data:  # recorded absolute, so the run can be evaluated from any folder
+        config = dataclasses.replace(config, data=os.path.abspath(os.path.expanduser(config.data)))
+    setup_logging(info, config.quiet)
     make_config(config.variant, config.size, **config.model)  # unknown variant/size/key: fail now
     out = config.out_dir
     if config.resume is None and list_checkpoints(out):
         raise ConfigError(f"{out} already holds checkpoints; pass --resume latest to continue that run "
                           "or choose another --out")
-    if config.resume is not None:
-        find_checkpoint(out, config.resume)
+    resume_from = find_checkpoint(out, config.resume) if config.resume is not None else None
+    if info.is_main:
+        for stale in remove_stale(out):
+            LOG.info("removed %s, left behind by an interrupted run", stale)
     dataset = open_training_data(config)
     model_config = resolve_model_config(config, dataset.vocab_size, config.seq_len)
+    if resume_from is not None and not config.allow_model_change:
+        changes = model_changes(resume_from, model_config)
+        if changes:
+            raise ConfigError(f"--resume: the model settings differ from checkpoint {resume_from}: "
+                              f"{'; '.join(changes)}. Resume with the same settings, or pass --allow-model-change "
+                              "to continue with the new ones (the weights must still fit)")
     adapter = get_backend(config.backend, info.local_rank, config.peak_tflops)
     if config.compile and not adapter.compile_supported:
         raise ConfigError(f"--compile is not available on the {adapter.name} backend (torch.compile is off there)")
-    setup_logging(info, config.quiet)
     adapter.set_device()
     init_distributed(info, adapter.dist_backend, adapter.device)
     try:
-        return _run(config, info, adapter, dataset, model_config)
+        return _run(config, info, adapter, dataset, model_config, resume_from)
     finally:
         shutdown()
 
 
 def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: Any,
-         model_config: ModelConfig) -> TrainResult:
+         model_config: ModelConfig, resume_from: Path | None) -> TrainResult:
     out = config.out_dir
     seq_len = config.seq_len or min(adapter.default_seq_len, model_config.max_seq_len)
     amp_dtype = adapter.resolve_dtype(config.dtype)
@@ -162,8 +177,8 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
 
     # resume: weights, optimizer, schedule, scaler, data position and random generators
     start_step, previous_wall, last_checkpoint = 0, 0.0, None
-    if config.resume is not None:
-        path = find_checkpoint(out, config.resume)
+    if resume_from is not None:
+        path = resume_from
         state = load_checkpoint(path, model=model, optimizer=optimizer, info=info)
         schedule.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loader"])
@@ -173,8 +188,6 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
         start_step, previous_wall = int(state["step"]), float(state.get("wall_s", 0.0))
         last_checkpoint = path
         LOG.info("resumed from %s (step %d)", path, start_step)
-    if info.is_main:
-        remove_stale(out)
     logger = StepLogger(out, enabled=info.is_main, tensorboard=config.tensorboard,
                         resume_step=start_step if config.resume is not None else None)
     if info.is_main:
@@ -187,6 +200,10 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
              config.grad_accum, total_steps, f" | kernels: {', '.join(kernels)}" if kernels else "")
 
     def checkpoint(step: int, bad_steps: int, elapsed: float) -> Path | None:
+        flag = all_reduce_mean(finite_flag(model).to(adapter.device), info)
+        if float(flag) != 1.0:  # never let non-finite weights displace a finite checkpoint
+            raise TrainingError(f"the weights are non-finite at step {step}; no checkpoint was written. The last "
+                                f"finite checkpoint is {last_checkpoint or 'none'}. Lower --lr or check the data.")
         trainer_state = {"scheduler": schedule.state_dict(), "loader": loader.state_dict(),
                          "scaler": scaler.state_dict() if scaler is not None else None,
                          "train_config": config.to_dict(), "wall_s": previous_wall + elapsed, "bad_steps": bad_steps}
