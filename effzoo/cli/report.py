@@ -14,6 +14,8 @@ from effzoo.metrics.summary import SUMMARY_NAME
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sources", nargs="+", help="benchmark output folders (results.json) or training run folders")
     parser.add_argument("--out", default="runs/report", help="where to write tables and plots")
+    parser.add_argument("--paper", action="store_true",
+                        help="also write paper.md/json: the EfficientLLM paper's values beside the measured ones")
 
 
 def rows_from(source: Path) -> list[dict[str, Any]]:
@@ -41,5 +43,9 @@ def rows_from(source: Path) -> list[dict[str, Any]]:
 def run(args: argparse.Namespace) -> int:
     rows = [row for source in args.sources for row in rows_from(Path(source))]
     paths = write_report(rows, Path(args.out))
+    if args.paper:
+        from effzoo.bench.paper import write_paper_report
+
+        paths += write_paper_report(rows, Path(args.out))
     print("\n".join(str(p) for p in paths))
     return 0
