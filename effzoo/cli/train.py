@@ -49,7 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-checkpoints", type=int, help="checkpoints to keep (default 3)")
     parser.add_argument("--log-every", type=int, help="progress line every N steps (default 10)")
     parser.add_argument("--peak-tflops", type=float, help="per-device peak TFLOP/s for MFU (default: backend table)")
-    parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None)
+    parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
+                        help="do not write TensorBoard scalars (metrics.jsonl is always written)")
+    parser.add_argument("--quiet", action="store_true", default=None, help="no progress bar or lines; warnings only")
     add_set_argument(parser)
 
 

@@ -186,9 +186,10 @@ def tensor_bytes(obj: Any) -> int:
 
 
 def save_checkpoint(out: Path, step: int, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    trainer_state: dict[str, Any], rng: dict[str, Any], info: DistInfo, keep: int) -> Path | None:
-    """Collective: every rank calls it; rank 0 writes. Returns the folder on rank 0. A failure on rank 0
-    (disk full) is raised on every rank as a ``CheckpointError``."""
+                    trainer_state: dict[str, Any], rng: dict[str, Any], info: DistInfo,
+                    keep: int | None) -> Path | None:
+    """Collective: every rank calls it; rank 0 writes, then keeps the newest ``keep`` (None: all). Returns
+    the folder on rank 0. A failure on rank 0 (disk full) is raised on every rank as a ``CheckpointError``."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathers FSDP shards, strips DDP names
@@ -202,7 +203,8 @@ def save_checkpoint(out: Path, step: int, *, model: nn.Module, optimizer: torch.
         base = model.module if hasattr(model, "module") else model
         try:
             _write(target, base.config, weights, state, step)
-            _apply_retention(out, keep)
+            if keep is not None:
+                _apply_retention(out, keep)
         except CheckpointError as exc:
             problem = str(exc)
     problems = [p for p in gather_objects(problem, info) if p]  # also the barrier after rank 0's write

@@ -153,7 +153,8 @@ class TrainConfig:
         values = [(f"--{f.name.replace('_', '-')}", getattr(self, f.name)) for f in dataclasses.fields(self)]
         values += [(f"--set {key}", value) for key, value in self.model.items()]
         for name, value in values:
-            if isinstance(value, float) and not math.isfinite(value):
+            spelled = isinstance(value, str) and value.strip().lower().lstrip("+-") in ("inf", "infinity", "nan")
+            if spelled or (isinstance(value, float) and not math.isfinite(value)):
                 raise ConfigError(f"{name} must be a finite number, got {value}")
 
 

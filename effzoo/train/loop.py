@@ -199,7 +199,7 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
              str(amp_dtype).removeprefix("torch."), seq_len, config.batch_size, micro, info.world_size,
              config.grad_accum, total_steps, f" | kernels: {', '.join(kernels)}" if kernels else "")
 
-    def checkpoint(step: int, bad_steps: int, elapsed: float) -> Path | None:
+    def checkpoint(step: int, bad_steps: int, elapsed: float, retain: bool = True) -> Path | None:
         flag = all_reduce_mean(finite_flag(model).to(adapter.device), info)
         if float(flag) != 1.0:  # never let non-finite weights displace a finite checkpoint
             raise TrainingError(f"the weights are non-finite at step {step}; no checkpoint was written. The last "
@@ -208,7 +208,8 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
                          "scaler": scaler.state_dict() if scaler is not None else None,
                          "train_config": config.to_dict(), "wall_s": previous_wall + elapsed, "bad_steps": bad_steps}
         return save_checkpoint(out, step, model=model, optimizer=optimizer, trainer_state=trainer_state,
-                               rng=rng_state(adapter.rng_state()), info=info, keep=config.keep_checkpoints)
+                               rng=rng_state(adapter.rng_state()), info=info,
+                               keep=config.keep_checkpoints if retain else None)
 
     # the loop
     counters, losses, val_losses = RunCounters(), [], {}
@@ -283,10 +284,12 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
             LOG.info(progress_line(record, total_steps, (total_steps - done) * dt_avg))
 
         if bad_steps >= config.max_bad_steps:
-            path = checkpoint(done, bad_steps, time.perf_counter() - run_start)
+            # kept beside, never instead of, the checkpoints written while the loss was finite
+            path = checkpoint(done, bad_steps, time.perf_counter() - run_start, retain=False)
             raise TrainingError(
                 f"loss was non-finite for {bad_steps} consecutive steps (last at step {done}); stopped with a "
-                f"checkpoint in {path or out}. Lower --lr, check the data, or train with --dtype bf16/fp32."
+                f"checkpoint in {path or out}; the last one from finite losses is {last_checkpoint or 'none'}. "
+                "Lower --lr, check the data, or train with --dtype bf16/fp32."
             )
         paused = False
         if eval_enabled and ((config.eval_every and done % config.eval_every == 0) or done == total_steps):
