@@ -70,6 +70,9 @@ def resolve_model_config(config: TrainConfig, vocab_size: int, seq_len: int | No
                               f"({vocab_size} tokens); remove the override or use data from a smaller tokenizer")
         overrides["vocab_size"] = -(-vocab_size // 64) * 64  # round up: friendlier matmul shapes
     if seq_len is not None and seq_len > preset.max_seq_len:
+        if "max_seq_len" in overrides:
+            raise ConfigError(f"--seq-len {seq_len} is longer than max_seq_len={preset.max_seq_len} (from --set); "
+                              "raise max_seq_len, lower --seq-len, or drop the override")
         overrides["max_seq_len"] = seq_len
     return make_config(config.variant, config.size, **overrides) if overrides != config.model else preset
 
@@ -118,6 +121,7 @@ def train(config: TrainConfig | dict[str, Any]) -> TrainResult:
         for stale in remove_stale(out):
             LOG.info("removed %s, left behind by an interrupted run", stale)
     dataset = open_training_data(config)
+    dataset.check_range()  # both splits, before step 1: a bad id must not surface at the first validation
     model_config = resolve_model_config(config, dataset.vocab_size, config.seq_len)
     if resume_from is not None and not config.allow_model_change:
         changes = model_changes(resume_from, model_config)
