@@ -15,6 +15,8 @@ from effzoo.hf import import_checkpoint, register_auto_classes
 transformers = pytest.importorskip("transformers")
 from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
+from effzoo.hf.cache import CACHE_NAME  # noqa: E402
+
 VARIANTS = [spec.name for spec in effzoo.list_variants()]
 # transformers' generate over a KV cache and, where a plugin provides one, over a recurrent state
 GENERATE_VARIANTS = ["gqa", "pythia"] + [spec.name for spec in effzoo.list_variants(recurrent=True)][:1]
@@ -78,6 +80,84 @@ def test_transformers_generate_equals_effzoo_generate(variant: str, tmp_path) ->
     assert torch.equal(hf.generate(ids, max_new_tokens=4, do_sample=False), model.generate(ids, 4))
 
 
+@pytest.fixture
+def hf_gqa(tmp_path):
+    model = effzoo.build("gqa", "tiny").eval()
+    model.save_pretrained(tmp_path / "m")
+    return model, AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+
+
+def test_sampling_generate(hf_gqa) -> None:
+    model, hf = hf_gqa
+    ids = torch.randint(0, 512, (2, 5))
+    top1 = hf.generate(ids, max_new_tokens=6, do_sample=True, top_k=1)  # sampling among one token: greedy
+    assert torch.equal(top1, model.generate(ids, 6))
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        runs.append(hf.generate(ids, max_new_tokens=6, do_sample=True, temperature=1.5))
+    assert torch.equal(runs[0], runs[1]) and runs[0].shape == (2, 11) and torch.equal(runs[0][:, :5], ids)
+    triple = hf.generate(ids, max_new_tokens=3, do_sample=True, num_return_sequences=3)
+    assert triple.shape == (6, 8)
+
+
+def test_stopping_criteria_eos_and_streamers(hf_gqa) -> None:
+    from transformers import StoppingCriteria, StoppingCriteriaList
+    from transformers.generation.streamers import BaseStreamer
+
+    model, hf = hf_gqa
+    ids = torch.randint(0, 512, (1, 4))
+    greedy = model.generate(ids, 8)
+
+    class AfterTwo(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+            return torch.full((input_ids.shape[0],), input_ids.shape[1] >= 6, dtype=torch.bool)
+
+    out = hf.generate(ids, max_new_tokens=8, do_sample=False, stopping_criteria=StoppingCriteriaList([AfterTwo()]))
+    assert torch.equal(out, greedy[:, :6])
+    eos = int(greedy[0, 6])
+    first_eos = 4 + int((greedy[0, 4:] == eos).nonzero()[0])
+    out = hf.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=eos, pad_token_id=0)
+    assert torch.equal(out, greedy[:, : first_eos + 1])
+
+    class Collect(BaseStreamer):
+        def __init__(self) -> None:
+            self.tokens: list[torch.Tensor] = []
+            self.ended = False
+
+        def put(self, value: torch.Tensor) -> None:
+            self.tokens.append(value.reshape(-1))
+
+        def end(self) -> None:
+            self.ended = True
+
+    streamer = Collect()
+    out = hf.generate(ids, max_new_tokens=5, do_sample=False, streamer=streamer)
+    assert streamer.ended and torch.equal(torch.cat(streamer.tokens), out[0])
+
+
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+def test_a_given_cache_is_used_under_either_name(name: str, hf_gqa) -> None:
+    model, hf = hf_gqa
+    ids = torch.randint(0, 512, (2, 5))
+    cache = hf.new_cache(2, 16)
+    assert isinstance(cache, transformers.Cache) and cache.get_seq_length() == 0
+    assert torch.equal(hf.generate(ids, max_new_tokens=4, do_sample=False, **{name: cache}), model.generate(ids, 4))
+    assert cache.get_seq_length() == 8  # the last token is returned, never fed
+
+    with torch.no_grad():
+        full = hf(ids).logits
+        out = hf(ids[:, :3], use_cache=True)
+        state = out[CACHE_NAME]  # the output field this transformers release names the cache
+        step = hf(ids[:, 3:], **{name: state}).logits
+    assert state.get_seq_length() == 5
+    torch.testing.assert_close(step, full[:, 3:], rtol=0, atol=1e-5)
+    with pytest.raises(ConfigError, match="not both"):
+        hf(ids, cache=state, past_key_values=state)
+    with pytest.raises(ConfigError, match="beam"):
+        state.reorder_cache(torch.zeros(2, dtype=torch.long))
+
+
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
 def test_tied_and_untied_heads_round_trip(tie: bool, tmp_path) -> None:
     model = perturb(effzoo.build("gqa", "tiny", tie_embeddings=tie))
@@ -107,17 +187,22 @@ def test_labels_give_the_shifted_causal_loss(tmp_path) -> None:
     assert hf.model.embed.weight.grad is not None
 
 
-def test_activation_checkpointing_keeps_the_gradients(tmp_path) -> None:
+@pytest.mark.parametrize("method", ["activation_checkpointing_enable", "gradient_checkpointing_enable"])
+def test_activation_checkpointing_keeps_the_gradients(method: str, tmp_path) -> None:
     effzoo.build("pythia", "tiny").save_pretrained(tmp_path / "m")
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "m").train()
     ids = torch.randint(0, 512, (2, 8))
     hf(ids, labels=ids).loss.backward()
     expected = hf.model.blocks[0].mixer.qkv_proj.weight.grad.clone()
     hf.zero_grad()
-    hf.activation_checkpointing_enable()
+    getattr(hf, method)()  # the new name and the one every transformers 5.x has
     assert hf.model.gradient_checkpointing
     hf(ids, labels=ids).loss.backward()
     torch.testing.assert_close(hf.model.blocks[0].mixer.qkv_proj.weight.grad, expected)
+    with pytest.raises(ConfigError, match="use_reentrant"):
+        getattr(hf, method)({"use_reentrant": True})
+    hf.gradient_checkpointing_disable()
+    assert not hf.model.gradient_checkpointing
 
 
 def test_from_config_uses_effzoo_init() -> None:
