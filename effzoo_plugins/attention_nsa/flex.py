@@ -188,7 +188,9 @@ def selected_pattern(
     counts = torch.zeros(batch, groups, n_tiles * n_blocks, dtype=torch.int32, device=device)
     local = torch.arange(length, device=device)
     first_tile, last_tile = (local * ratio) // q_block, (local * ratio + ratio - 1) // q_block
-    for step in range(int((last_tile - first_tile).max()) + 1 if length else 0):
+    # r consecutive rows cross at most (r - 1) // q_block + 1 tile boundaries: a host bound, no sync (steps
+    # past a position's last tile add nothing)
+    for step in range((ratio - 1) // q_block + 2 if length else 0):
         tile = first_tile + step
         inside = (tile <= last_tile)[None, None, :, None] & selection.valid
         index = tile.clamp(max=n_tiles - 1)[None, None, :, None] * n_blocks + selection.blocks
@@ -258,11 +260,12 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, pattern: SparsePattern, sc
 def nsa_branches_fast(
     q: Tensor, q_pos: Tensor, compressed: tuple[Tensor, Tensor], selected: tuple[Tensor, Tensor],
     window: tuple[Tensor, Tensor, int], settings: NSASettings, scale: float, selection: Selection | None = None,
-    kernel: str = "flex", q_block: int = Q_BLOCK,
+    kernel: str = "flex", q_block: int = Q_BLOCK, offset: int | None = None,
 ) -> BranchOutputs:
-    """Same contract as :func:`reference.nsa_branches`, computed with block-sparse kernels."""
+    """Same contract as :func:`reference.nsa_branches`, computed with block-sparse kernels. ``offset`` is
+    the first query's position as a host int (the layer knows it); None reads ``q_pos[0]`` (a host sync)."""
     _, _, ratio, length, _ = q.shape
-    offset, device = int(q_pos[0]), q.device
+    offset, device = int(q_pos[0]) if offset is None else offset, q.device
     k_cmp, v_cmp = compressed
     k_slc, v_slc = selected
     k_win, v_win, start = window

@@ -108,7 +108,8 @@ class NativeSparseAttention(Attention):
         from .flex import nsa_branches_fast
 
         kernel = "dense" if backend == "sdpa" else "flex"
-        return lambda *args: nsa_branches_fast(*args, kernel=kernel)
+        # only a whole sequence from position 0 reaches here (a cache continuation runs the reference)
+        return lambda *args: nsa_branches_fast(*args, kernel=kernel, offset=0)
 
     def _flex_ready(self) -> bool:
         return self.settings.select_block % 16 == 0
