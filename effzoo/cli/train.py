@@ -32,7 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"),
                         help="autocast dtype; weights stay fp32 (default auto: bf16 on GPU/NPU, fp32 on CPU)")
     parser.add_argument("--backend", choices=("auto", "cuda", "npu", "cpu"), help="device backend (default auto)")
-    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile each block (CUDA/CPU)")
+    compile_ = parser.add_mutually_exclusive_group()
+    compile_.add_argument("--compile", action="store_true", default=None,
+                          help="torch.compile each block (the default on CUDA; eager elsewhere)")
+    compile_.add_argument("--no-compile", dest="compile", action="store_false", default=None,
+                          help="run eagerly, also on CUDA")
     parser.add_argument("--fsdp", action="store_true", default=None, help="shard with FSDP2 under torchrun")
     parser.add_argument("--activation-checkpointing", action="store_true", default=None,
                         help="recompute block activations in backward to save memory")

@@ -44,7 +44,7 @@ class TrainConfig:
     seed: int = 1234
     dtype: str = "auto"  # auto | bf16 | fp16 | fp32 (fp32 weights, autocast to the given dtype)
     backend: str = "auto"  # auto | cuda | npu | cpu
-    compile: bool = False
+    compile: bool | None = None  # None = per-block torch.compile on CUDA, eager elsewhere; False = --no-compile
     fsdp: bool = False
     activation_checkpointing: bool = False
     fused_loss: bool = True  # chunked linear + cross-entropy that never holds the full logits
@@ -92,6 +92,12 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     # -- derived values --------------------------------------------------------------------
+    def compile_on(self, adapter: Any) -> bool:
+        """Whether to compile on ``adapter``'s device: as asked, else by default on CUDA only."""
+        if self.compile is None:
+            return adapter.device.type == "cuda" and adapter.compile_supported
+        return bool(self.compile)
+
     @property
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / f"{self.variant}-{self.size}"

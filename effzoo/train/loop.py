@@ -5,10 +5,8 @@ in ``distributed.py``; checkpoint files in ``checkpoint.py``; the metrics in ``e
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import math
 import os
 import random
 import time
@@ -34,10 +32,10 @@ from .checkpoint import (
     save_checkpoint, set_rng_state,
 )
 from .config import TrainConfig
-from .distributed import (
-    DistInfo, all_reduce_mean, env_info, gather_objects, init_distributed, setup_logging, shutdown, wrap_ddp, wrap_fsdp,
-)
+from .distributed import DistInfo, all_reduce_mean, env_info, gather_objects, init_distributed, setup_logging, shutdown
 from .optim import WarmupCosine, build_optimizer
+from .parallel import parallelize
+from .step import StepSettings, train_step
 
 LOG = logging.getLogger("effzoo.train")
 
@@ -130,7 +128,7 @@ def train(config: TrainConfig | dict[str, Any]) -> TrainResult:
                               f"{'; '.join(changes)}. Resume with the same settings, or pass --allow-model-change "
                               "to continue with the new ones (the weights must still fit)")
     adapter = get_backend(config.backend, info.local_rank, config.peak_tflops)
-    if config.compile and not adapter.compile_supported:
+    if config.compile is True and not adapter.compile_supported:
         raise ConfigError(f"--compile is not available on the {adapter.name} backend (torch.compile is off there)")
     adapter.set_device()
     init_distributed(info, adapter.dist_backend, adapter.device)
@@ -150,20 +148,15 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
     # model: fp32 weights on the device, platform kernels, then compile / shard / replicate
     model = build_from_config(model_config, device=adapter.device)
     kernels = adapter.prepare_model(model)
-    model.gradient_checkpointing = config.activation_checkpointing
     stats = model_stats(model, seq_len)
     params, flops_per_token = int(stats["params"]), float(stats["train_flops_per_token"])
-    if config.compile:
-        for block in model.blocks:
-            block.compile()
-    is_ddp, is_fsdp = info.enabled and not config.fsdp, info.enabled and config.fsdp
-    if is_fsdp:
-        model = wrap_fsdp(model, amp_dtype if amp_dtype != torch.float32 else None)
-    elif config.fsdp:
-        LOG.warning("--fsdp with a single process: nothing to shard, training unsharded")
-    elif is_ddp:
-        model = wrap_ddp(model, adapter.device)
-    attn_backend = adapter.attention_backend if model_config.attn_backend == "auto" else None
+    compiled = config.compile_on(adapter)
+    plan = parallelize(model, info, adapter.device, compile=compiled, fsdp=config.fsdp,
+                       activation_checkpointing=config.activation_checkpointing, mp_dtype=amp_dtype)
+    model = plan.model
+    step_settings = StepSettings(
+        grad_accum=config.grad_accum, grad_clip=config.grad_clip, amp_dtype=amp_dtype, fused_loss=config.fused_loss,
+        attn_backend=adapter.attention_backend if model_config.attn_backend == "auto" else None)
 
     optimizer = build_optimizer(model, lr=config.lr, betas=(config.beta1, config.beta2),
                                 weight_decay=config.weight_decay, eps=config.eps, device_type=adapter.device.type)
@@ -225,54 +218,23 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
     for step in range(start_step, total_steps):
         done = step + 1
         lr = schedule.apply(step)
-        loss_sum = torch.zeros((), device=adapter.device)
         try:
-            for micro_step in range(config.grad_accum):
-                inputs, targets = next(loader)
-                last_micro = micro_step == config.grad_accum - 1
-                if is_fsdp:  # reduce-scatter gradients only after the last micro-step
-                    model.set_requires_gradient_sync(last_micro)
-                sync = model.no_sync() if is_ddp and not last_micro else contextlib.nullcontext()
-                with sync:
-                    with adapter.autocast(amp_dtype):
-                        output = model(inputs, targets, return_logits=not config.fused_loss, backend=attn_backend)
-                    loss = output.loss / config.grad_accum
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
-                loss_sum += loss.detach()
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            grad_norm = _clip(model, config.grad_clip)
+            result = train_step(plan, optimizer, scaler, loader, adapter, info, step_settings)
         except torch.OutOfMemoryError as exc:
             raise TrainingError(oom_message(config, micro, seq_len, adapter)) from exc
-        readback = torch.stack([loss_sum.float(), grad_norm.float()])
-        comm_s = None
-        if info.enabled:  # the trainer's own collective, timed between device synchronisations
-            adapter.synchronize()
-            comm_start = time.perf_counter()
-            all_reduce_mean(readback, info)
-            adapter.synchronize()
-            comm_s = time.perf_counter() - comm_start
-        loss_value, norm_value = readback.tolist()  # the one host synchronisation per step
-        loss_ok = math.isfinite(loss_value)
-        if loss_ok and (math.isfinite(norm_value) or scaler is not None):
-            if scaler is not None:
-                scaler.step(optimizer)
-            else:
-                optimizer.step()
+        loss_value, norm_value = result.loss, result.grad_norm
+        if result.stepped:
             bad_steps = 0
         else:
             bad_steps += 1
             counters.skipped_steps += 1
             LOG.warning("step %d: non-finite loss %s / grad norm %s; update skipped (%d in a row)",
                         done, loss_value, norm_value, bad_steps)
-        if scaler is not None:
-            scaler.update()
-        optimizer.zero_grad(set_to_none=True)
 
         now = time.perf_counter()
         dt, last_time = now - last_time, now
         timed = step > start_step or total_steps - start_step == 1
-        counters.add_step(dt, global_tokens, config.batch_size, comm_s, timed)
+        counters.add_step(dt, global_tokens, config.batch_size, result.comm_s, timed)
         counters.last_loss = loss_value
         losses.append(loss_value)
         dt_avg = dt if dt_avg is None else 0.9 * dt_avg + 0.1 * dt
@@ -280,7 +242,7 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
             "kind": "train", "step": done, "tokens": done * global_tokens, "loss": loss_value, "lr": lr,
             "grad_norm": norm_value, "dt_s": dt, "tokens_per_s": global_tokens / dt,
             "mfu": mfu(global_tokens / dt, flops_per_token, peak, info.world_size),
-            "memory_gb": adapter.memory_in_use() / 1e9, "skipped": not (loss_ok and bad_steps == 0),
+            "memory_gb": adapter.memory_in_use() / 1e9, "skipped": not result.stepped,
             "elapsed_s": now - run_start,
         }
         logger.write(record)
@@ -297,7 +259,8 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
             )
         paused = False
         if eval_enabled and ((config.eval_every and done % config.eval_every == 0) or done == total_steps):
-            val_loss = evaluate(model, dataset, seq_len, micro, config, info, adapter, amp_dtype, attn_backend)
+            val_loss = evaluate(model, dataset, seq_len, micro, config, info, adapter, amp_dtype,
+                                step_settings.attn_backend)
             val_losses[done] = counters.val_loss = val_loss
             val_ppl = perplexity_of(val_loss)
             logger.write({"kind": "val", "step": done, "val_loss": val_loss, "val_ppl": val_ppl})
@@ -319,7 +282,7 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
         "dtype": str(amp_dtype).removeprefix("torch."), "seq_len": seq_len, "global_batch": config.batch_size,
         "micro_batch": micro, "grad_accum": config.grad_accum, "total_steps": total_steps,
         "final_step": max(start_step, total_steps), "resumed_from": start_step if config.resume is not None else None,
-        "fsdp": bool(config.fsdp and info.enabled), "compile": config.compile, "kernels": kernels,
+        "fsdp": plan.fsdp, "compile": compiled, "kernels": kernels,
         "non_embedding_params": int(stats["non_embedding_params"]),
     }
     metrics = summarize(counters=counters, samples=summaries, peak_memory=peaks, run=run_facts, params=params,
@@ -330,13 +293,6 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
     logger.close()
     return TrainResult(out=out, metrics=metrics, losses=losses, val_losses=val_losses,
                        final_step=max(start_step, total_steps), checkpoint=last_checkpoint)
-
-
-def _clip(model: nn.Module, max_norm: float) -> torch.Tensor:
-    """Clip the global gradient norm (``max_norm`` 0 = measure only); a plain tensor also under FSDP."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"), foreach=True)
-    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 @torch.no_grad()
