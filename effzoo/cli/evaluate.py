@@ -1,4 +1,5 @@
-"""``effzoo eval ppl|mmlu|cmmlu``: perplexity and multiple-choice accuracy, as JSON + Markdown."""
+"""``effzoo eval ppl|mmlu|cmmlu|passkey|lm-eval``: perplexity (also by position), multiple-choice
+accuracy, passkey retrieval, and lm-evaluation-harness tasks, as JSON + Markdown."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,7 @@ from effzoo.data.shards import TOKEN_DTYPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="task", required=True, metavar="ppl|mmlu|cmmlu")
+    sub = parser.add_subparsers(dest="task", required=True, metavar="ppl|mmlu|cmmlu|passkey|lm-eval")
     ppl = sub.add_parser("ppl", help="perplexity on a validation split, token shard or text file")
     _model_args(ppl)
     ppl.add_argument("--data", help="token directory or Megatron prefix (default: the embedded corpus)")
@@ -20,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ppl.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512, at most the model's)")
     ppl.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
     ppl.add_argument("--max-tokens", type=int, help="stop after this many predicted tokens")
+    ppl.add_argument("--by-position", action="store_true",
+                     help="also loss by token position: a bucket table and OUT-positions.png (ppl-positions.png)")
+    ppl.add_argument("--buckets", type=int, default=16, help="position buckets for --by-position (default 16)")
     for task in ("mmlu", "cmmlu"):
         p = sub.add_parser(task, help=f"{task.upper()} accuracy from a local CSV directory")
         _model_args(p)
@@ -28,6 +32,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--shots", type=int, default=5, help="examples from dev/ before each question (default 5)")
         p.add_argument("--subjects", help="comma-separated subset of subjects (file names without suffix)")
         p.add_argument("--limit", type=int, help="at most this many questions per subject")
+    passkey = sub.add_parser("passkey", help="passkey retrieval: accuracy over context length x needle depth")
+    _model_args(passkey)
+    passkey.add_argument("--lengths", default="1k,2k,4k,8k", help="context lengths in tokens (default 1k,2k,4k,8k)")
+    passkey.add_argument("--depths", default="0,0.25,0.5,0.75,1",
+                         help="needle depths in [0, 1] (default 0,0.25,0.5,0.75,1)")
+    passkey.add_argument("--trials", type=int, default=5, help="random keys per cell (default 5)")
+    passkey.add_argument("--seed", type=int, default=0, help="seed of the keys (default 0)")
+    from effzoo.eval.lm_eval_model import add_lm_eval_parser
+
+    add_lm_eval_parser(sub)
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -50,8 +64,16 @@ def _cuda() -> bool:
 def run(args: argparse.Namespace) -> int:
     from effzoo.eval import load_language_model, markdown_table, write_report
 
+    if args.task == "lm-eval":
+        from effzoo.eval.lm_eval_model import run_lm_eval_command
+
+        return run_lm_eval_command(args)
     lm = load_language_model(args.model, size=args.size, tokenizer=args.tokenizer, device=args.device,
                              dtype=args.dtype)
+    if args.task == "passkey":
+        from effzoo.eval.passkey import run_passkey_command
+
+        return run_passkey_command(args, lm)
     result = _ppl(args, lm) if args.task == "ppl" else _choices(args, lm)
     print(markdown_table(result), end="")
     if args.out:
@@ -92,8 +114,13 @@ def _ppl(args: argparse.Namespace, lm) -> dict:
                             path=ds.source)
     stats = perplexity(lm, tokens, seq_len=args.seq_len, batch_size=args.batch_size, max_tokens=args.max_tokens,
                        progress=not args.quiet, vocab_size=vocab_size)
-    return {"task": "ppl", "model": lm.name, "data": str(Path(data)) if data != "embedded" else data,
-            "split": split, **stats}
+    result = {"task": "ppl", "model": lm.name, "data": str(Path(data)) if data != "embedded" else data,
+              "split": split, **stats}
+    if args.by_position:
+        from effzoo.eval.ppl_positions import report_by_position
+
+        result["by_position"] = report_by_position(lm, tokens, args)
+    return result
 
 
 def _choices(args: argparse.Namespace, lm) -> dict:
