@@ -254,10 +254,11 @@ def _quiet_worker() -> None:
 
 
 def _progress(enabled: bool, total: int, skipped_units: int):
-    from tqdm import tqdm
+    """Input bytes done, rate and ETA: a bar on a terminal, a line every 10 s otherwise, nothing if quiet."""
+    from ..metrics.progress import make_progress
 
     desc = "tokenizing" + (f" ({skipped_units} inputs already done)" if skipped_units else "")
-    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not enabled)
+    return make_progress(total, desc=desc, unit="B", unit_scale=True, quiet=not enabled)
 
 
 def _manifest(tok: Tokenizer, settings: TokenizeSettings, units: list[Unit], parts: dict[int, dict]) -> dict:

@@ -44,10 +44,11 @@ def perplexity(lm: LanguageModel, tokens: Any, *, seq_len: int = 512, batch_size
     if windows < 1:
         raise DataError(f"{len(tokens)} tokens are fewer than one window of {seq_len} + 1; lower --seq-len")
     check_token_ids(lm, tokens, windows * seq_len + 1, vocab_size)
-    from tqdm import tqdm
+    from effzoo.metrics.progress import make_progress
 
     nll, count = 0.0, 0
-    for first in tqdm(range(0, windows, batch_size), desc="perplexity", disable=not progress):
+    bar = make_progress(windows, desc="perplexity", unit="window", quiet=not progress)
+    for first in range(0, windows, batch_size):
         rows = range(first, min(first + batch_size, windows))
         batch = np.stack([np.asarray(tokens[r * seq_len:r * seq_len + seq_len + 1], dtype=np.int64) for r in rows])
         data = torch.from_numpy(batch)
@@ -55,5 +56,7 @@ def perplexity(lm: LanguageModel, tokens: Any, *, seq_len: int = 512, batch_size
         targets = data[:, 1:].to(logits.device)
         nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum").item()
         count += targets.numel()
+        bar.update(len(rows))
+    bar.close()
     loss = nll / count
     return {"loss": loss, "ppl": math.exp(loss), "tokens": count, "seq_len": seq_len}

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_text
-from ..data.errors import DataError
 
 LOG = logging.getLogger("effzoo.train")
 JSONL_NAME = "metrics.jsonl"
@@ -94,6 +93,8 @@ def _lines(path: Path) -> list[str]:
             if number == len(lines) - 1:
                 LOG.warning("%s: dropped a torn last line (a run was interrupted while writing it)", path)
                 return lines[:-1]
+            from ..data.errors import DataError
+
             raise DataError(f"line {number + 1} is not valid JSON ({exc})", path=path) from exc
     return lines
 

@@ -26,6 +26,7 @@ from ..analysis import model_stats
 from ..atomic import write_json
 from ..metrics import DeviceSampler, RunCounters, StepLogger, progress_line, summarize, write_summary
 from ..metrics.flops import mfu
+from ..metrics.progress import StepBar
 from ..metrics.summary import perplexity_of
 from .checkpoint import (
     finite_flag, find_checkpoint, list_checkpoints, load_checkpoint, model_changes, remove_stale, rng_state,
@@ -214,64 +215,69 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
     sampler = DeviceSampler(adapter, config.sample_interval).start()
     adapter.reset_peak_memory()
     run_start = last_time = time.perf_counter()
-    model.train()
-    for step in range(start_step, total_steps):
-        done = step + 1
-        lr = schedule.apply(step)
-        try:
-            result = train_step(plan, optimizer, scaler, loader, adapter, info, step_settings)
-        except torch.OutOfMemoryError as exc:
-            raise TrainingError(oom_message(config, micro, seq_len, adapter)) from exc
-        loss_value, norm_value = result.loss, result.grad_norm
-        if result.stepped:
-            bad_steps = 0
-        else:
-            bad_steps += 1
-            counters.skipped_steps += 1
-            LOG.warning("step %d: non-finite loss %s / grad norm %s; update skipped (%d in a row)",
-                        done, loss_value, norm_value, bad_steps)
+    bar = StepBar(total_steps, start_step, quiet=config.quiet or not info.is_main, logger=LOG)
+    try:
+        model.train()
+        for step in range(start_step, total_steps):
+            done = step + 1
+            lr = schedule.apply(step)
+            try:
+                result = train_step(plan, optimizer, scaler, loader, adapter, info, step_settings)
+            except torch.OutOfMemoryError as exc:
+                raise TrainingError(oom_message(config, micro, seq_len, adapter)) from exc
+            loss_value, norm_value = result.loss, result.grad_norm
+            if result.stepped:
+                bad_steps = 0
+            else:
+                bad_steps += 1
+                counters.skipped_steps += 1
+                LOG.warning("step %d: non-finite loss %s / grad norm %s; update skipped (%d in a row)",
+                            done, loss_value, norm_value, bad_steps)
 
-        now = time.perf_counter()
-        dt, last_time = now - last_time, now
-        timed = step > start_step or total_steps - start_step == 1
-        counters.add_step(dt, global_tokens, config.batch_size, result.comm_s, timed)
-        counters.last_loss = loss_value
-        losses.append(loss_value)
-        dt_avg = dt if dt_avg is None else 0.9 * dt_avg + 0.1 * dt
-        record = {
-            "kind": "train", "step": done, "tokens": done * global_tokens, "loss": loss_value, "lr": lr,
-            "grad_norm": norm_value, "dt_s": dt, "tokens_per_s": global_tokens / dt,
-            "mfu": mfu(global_tokens / dt, flops_per_token, peak, info.world_size),
-            "memory_gb": adapter.memory_in_use() / 1e9, "skipped": not result.stepped,
-            "elapsed_s": now - run_start,
-        }
-        logger.write(record)
-        if done % config.log_every == 0 or done == total_steps or step == start_step:
-            LOG.info(progress_line(record, total_steps, (total_steps - done) * dt_avg))
+            now = time.perf_counter()
+            dt, last_time = now - last_time, now
+            timed = step > start_step or total_steps - start_step == 1
+            counters.add_step(dt, global_tokens, config.batch_size, result.comm_s, timed)
+            counters.last_loss = loss_value
+            losses.append(loss_value)
+            dt_avg = dt if dt_avg is None else 0.9 * dt_avg + 0.1 * dt
+            record = {
+                "kind": "train", "step": done, "tokens": done * global_tokens, "loss": loss_value, "lr": lr,
+                "grad_norm": norm_value, "dt_s": dt, "tokens_per_s": global_tokens / dt,
+                "mfu": mfu(global_tokens / dt, flops_per_token, peak, info.world_size),
+                "memory_gb": adapter.memory_in_use() / 1e9, "skipped": not result.stepped,
+                "elapsed_s": now - run_start,
+            }
+            logger.write(record)
+            bar.update(record)
+            if done % config.log_every == 0 or done == total_steps or step == start_step:
+                LOG.info(progress_line(record, total_steps, (total_steps - done) * dt_avg))
 
-        if bad_steps >= config.max_bad_steps:
-            # kept beside, never instead of, the checkpoints written while the loss was finite
-            path = checkpoint(done, bad_steps, time.perf_counter() - run_start, retain=False)
-            raise TrainingError(
-                f"loss was non-finite for {bad_steps} consecutive steps (last at step {done}); stopped with a "
-                f"checkpoint in {path or out}; the last one from finite losses is {last_checkpoint or 'none'}. "
-                "Lower --lr, check the data, or train with --dtype bf16/fp32."
-            )
-        paused = False
-        if eval_enabled and ((config.eval_every and done % config.eval_every == 0) or done == total_steps):
-            val_loss = evaluate(model, dataset, seq_len, micro, config, info, adapter, amp_dtype,
-                                step_settings.attn_backend)
-            val_losses[done] = counters.val_loss = val_loss
-            val_ppl = perplexity_of(val_loss)
-            logger.write({"kind": "val", "step": done, "val_loss": val_loss, "val_ppl": val_ppl})
-            LOG.info("step %d | val loss %.4f | val ppl %.2f", done, val_loss, val_ppl)
-            paused = True
-        if (config.ckpt_every and done % config.ckpt_every == 0) or done == total_steps:
-            last_checkpoint = checkpoint(done, bad_steps, time.perf_counter() - run_start)
-            paused = True
-        if paused:  # evaluation and checkpoints are not part of the next step's time
-            adapter.synchronize()
-            last_time = time.perf_counter()
+            if bad_steps >= config.max_bad_steps:
+                # kept beside, never instead of, the checkpoints written while the loss was finite
+                path = checkpoint(done, bad_steps, time.perf_counter() - run_start, retain=False)
+                raise TrainingError(
+                    f"loss was non-finite for {bad_steps} consecutive steps (last at step {done}); stopped with a "
+                    f"checkpoint in {path or out}; the last one from finite losses is {last_checkpoint or 'none'}. "
+                    "Lower --lr, check the data, or train with --dtype bf16/fp32."
+                )
+            paused = False
+            if eval_enabled and ((config.eval_every and done % config.eval_every == 0) or done == total_steps):
+                val_loss = evaluate(model, dataset, seq_len, micro, config, info, adapter, amp_dtype,
+                                    step_settings.attn_backend)
+                val_losses[done] = counters.val_loss = val_loss
+                val_ppl = perplexity_of(val_loss)
+                logger.write({"kind": "val", "step": done, "val_loss": val_loss, "val_ppl": val_ppl})
+                LOG.info("step %d | val loss %.4f | val ppl %.2f", done, val_loss, val_ppl)
+                paused = True
+            if (config.ckpt_every and done % config.ckpt_every == 0) or done == total_steps:
+                last_checkpoint = checkpoint(done, bad_steps, time.perf_counter() - run_start)
+                paused = True
+            if paused:  # evaluation and checkpoints are not part of the next step's time
+                adapter.synchronize()
+                last_time = time.perf_counter()
+    finally:
+        bar.close()
 
     # summary: every rank's device samples, combined on rank 0
     wall = time.perf_counter() - run_start
