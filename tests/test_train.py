@@ -64,7 +64,8 @@ def test_metrics_present_positive_and_consistent(tmp_path):
     assert m["mfu"] == pytest.approx(m["tokens_per_s"] * m["flops_per_token"] / 0.05e12)
     assert m["peak_flops_source"] == "override"
     assert m["amu_gb_per_device"] == [m["amu_gb"]] and m["pcu"] <= 1.0
-    assert m["sampler_samples"] >= 2 and 0 <= m["sampler_overhead"] < 1
+    # stop() always takes the closing reading; how many the thread adds depends on the machine's speed
+    assert m["sampler_samples"] >= 1 and 0 <= m["sampler_overhead"] < 1
     assert m["aec_w"] is None or m["aec_w"] > 0  # CPU energy needs readable RAPL counters
 
 
