@@ -21,9 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("sample", help="sample a subset by size, zh/en ratio and minimum score into parquet shards")
     p.add_argument("inputs", nargs="+", help="parquet/JSONL files or directories")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="directory for the sampled parquet shards")
     p.add_argument("--size-gb", type=float, required=True, help="target text size in GB (1e9 bytes of UTF-8)")
-    p.add_argument("--zh-ratio", type=float, default=0.0)
+    p.add_argument("--zh-ratio", type=float, default=0.0, help="share of the text budget in Chinese (default 0)")
     p.add_argument("--en-ratio", type=float, default=None, help="default: 1 - zh ratio")
     p.add_argument("--min-score", type=float, default=0.0, help="minimum score/int_score for every language")
     p.add_argument("--min-score-zh", type=float, help="minimum score for Chinese (overrides --min-score)")
@@ -40,13 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train = tsub.add_parser("train", help="train a byte-level BPE tokenizer with HF tokenizers")
     train.add_argument("inputs", nargs="+", help="parquet/JSONL/text files or directories")
     train.add_argument("--out", required=True, help="output directory (tokenizer.json + tokenizer_config.json)")
-    train.add_argument("--vocab-size", type=int, default=32000)
+    train.add_argument("--vocab-size", type=int, default=32000, help="vocabulary entries (default 32000)")
     train.add_argument("--max-documents", type=int, help="train on at most this many documents")
     _common(train, seed=False)
 
     p = sub.add_parser("tokenize", help="text -> token shards with EOS, train/val split and manifest")
     p.add_argument("inputs", nargs="+", help="parquet/JSONL/text files or directories")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="token directory: train/ and val/ shards and manifest.json")
     p.add_argument("--tokenizer", default="byte", help="'byte' (default), a tokenizer.json or directory")
     p.add_argument("--eos-token", help="end-of-text token when the tokenizer does not name one")
     p.add_argument("--val-fraction", type=float, default=0.005, help="share of documents for validation")
@@ -55,20 +55,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
 
     p = sub.add_parser("inspect", help="summarise token data (effzoo directory or Megatron prefix)")
-    p.add_argument("path")
+    p.add_argument("path", help="token directory or Megatron PREFIX")
     p.add_argument("--verify", action="store_true", help="recompute checksums and check every token id")
     p.add_argument("--show", type=int, default=0, metavar="N", help="decode the first N training tokens")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     p = sub.add_parser("corpus", help="write the embedded default corpus to a text file")
-    p.add_argument("out")
+    p.add_argument("out", help="text file to write")
 
 
 def _common(p: argparse.ArgumentParser, seed: bool = True) -> None:
     p.add_argument("--text-column", help="text column (default: text, else content)")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad files/rows instead of stopping")
     if seed:
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0, help="random seed of the sampling / split (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
