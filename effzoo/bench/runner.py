@@ -41,7 +41,7 @@ class BenchSettings:
     seed: int = 1234
     backend: str = "auto"
     dtype: str = "auto"
-    compile: bool = False
+    compile: bool | None = None  # None: the trainer's default (per-block compile on CUDA, eager elsewhere)
     eval_every: int = 200
     decode_prompt: int = 128
     decode_tokens: int = 256
