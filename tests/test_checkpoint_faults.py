@@ -196,3 +196,15 @@ def test_corrupt_weight_files_get_effzoos_own_error(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="cannot be read: UnpicklingError") as info:
         _train(run, steps=3, resume="latest")
     assert "weights_only" not in str(info.value)
+
+
+def test_unsafe_or_corrupt_transformers_weights_never_suggest_turning_the_safety_off(tmp_path):
+    from effzoo.hf.checkpoint import read_weights
+
+    torch.save({"w": torch.ones(2), "evil": object()}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ConfigError, match=r"pytorch_model\.bin: it holds Python objects besides tensors") as unsafe:
+        read_weights(tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match=r"not a readable torch file \(damaged or truncated\)") as damaged:
+        read_weights(tmp_path)
+    assert "weights_only" not in str(unsafe.value) + str(damaged.value)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,8 +24,15 @@ def _load_file(path: Path) -> dict[str, Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path), device="cpu")
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's text would advise turning the safety off: never relay it
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found:
+            raise ConfigError(f"cannot read weights file {path}: it holds Python objects besides tensors "
+                              f"({found.group(1)}), which effzoo does not unpickle; convert it to safetensors "
+                              "with a tool you trust") from exc
+        raise ConfigError(f"cannot read weights file {path}: not a readable torch file (damaged or truncated)") from exc
     except Exception as exc:  # corrupt or truncated file: name it
-        raise ConfigError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}") from exc
+        raise ConfigError(f"cannot read weights file {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
 
 
 def _shards(directory: Path, index_name: str) -> list[Path]:
