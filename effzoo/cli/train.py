@@ -89,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     try:
         result = train(config)
-    except TrainingError as exc:
-        print(f"effzoo train: {exc}", file=sys.stderr)
+    except TrainingError as exc:  # the run itself failed (non-finite losses, out of memory): exit code 1
+        print(f"effzoo train: error: {exc}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun only rank 0 reports
         return 0
