@@ -47,3 +47,19 @@ def test_unknown_command_suggests(capsys):
 def test_unknown_variant_is_a_clean_error(capsys):
     assert main(["info", "gqx"]) == 2
     assert "Did you mean: gqa" in capsys.readouterr().err
+
+
+def test_an_input_error_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    import pytest
+
+    missing = str(tmp_path / "missing.bin")
+    assert main(["eval", "ppl", "--model", "gqa", "--tokens", missing, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("effzoo eval: error: ") and missing in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", "eval", "ppl", "--model", "gqa", "--tokens", missing, "--quiet"])
+    with pytest.raises(FileNotFoundError):
+        main(["eval", "ppl", "--model", "gqa", "--tokens", missing, "--quiet", "--debug"])
+    monkeypatch.setenv("EFFZOO_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        main(["eval", "ppl", "--model", "gqa", "--tokens", missing, "--quiet"])
