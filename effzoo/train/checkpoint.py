@@ -281,12 +281,15 @@ def remove_stale(out: Path) -> list[Path]:
     return removed
 
 
+_NOT_SETTINGS = ("provenance",)  # which package versions built the model: an upgrade is no model change
+
+
 def model_changes(path: Path, config: ModelConfig) -> list[str]:
     """Model settings that differ between the checkpoint in ``path`` and ``config``, as 'key: old -> new'."""
     saved = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))["effzoo"]
     now = config.to_dict()
     return [f"{key}: {saved.get(key)!r} in the checkpoint, {now.get(key)!r} now"
-            for key in sorted(set(saved) | set(now)) if saved.get(key) != now.get(key)]
+            for key in sorted((set(saved) | set(now)) - set(_NOT_SETTINGS)) if saved.get(key) != now.get(key)]
 
 
 def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
