@@ -9,7 +9,9 @@ from effzoo.bench.suites import SUITES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--suite", default="all", help=f"{' | '.join(SUITES)} | all (default all)")
+    parser.add_argument("--suite", default="all",
+                        help=f"{' | '.join(SUITES)} | recall | all (default all: every group, then recall)")
+    parser.add_argument("--variants", help="recall suite: comma-separated variants (default: every registered one)")
     parser.add_argument("--sizes", help="comma-separated sizes, e.g. 0.5B,1.5B (default: the paper's per group)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny models on the embedded corpus (GPU if present, else CPU): minutes")
@@ -45,9 +47,18 @@ def run(args: argparse.Namespace) -> int:
         if args.tokens is None and args.steps is None:
             changes["tokens"] = 1e7
         settings = BenchSettings(**{k: v for k, v in changes.items() if v is not None})
+    if args.suite == "recall":
+        from effzoo.bench.recall.command import run_recall_command
+
+        return run_recall_command(args)
     rows = run_suite(settings)
     failed = [r for r in rows if r.get("status") != "ok"]
     print(f"wrote {settings.out}/results.{{csv,json,md,tex}} and plots for {len(rows)} rows")
     for row in failed:
         print(f"FAILED {row['group']}/{row['method']}: {row.get('error')}")
-    return 1 if failed else 0
+    recall_failed = 0
+    if args.suite == "all":
+        from effzoo.bench.recall.command import run_recall_command
+
+        recall_failed = run_recall_command(args)
+    return 1 if failed or recall_failed else 0
