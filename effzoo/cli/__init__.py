@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "run a benchmark suite and write the EfficientLLM tables"),
     "report": ("report", "rebuild tables and plots from finished runs"),
     "plot": ("plot", "compare loss curves of runs"),
+    "doctor": ("doctor", "torch build, device, optional kernels, threads, and the --quick suite's time here"),
 }
 
 
@@ -59,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"effzoo {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
     parsed = parser.parse_args(args[1:])
+    if argv is None and name != "doctor":  # the console script: no more torch threads than idle cores
+        from effzoo.cli.machine import fit_threads
+
+        fit_threads()
     from effzoo.errors import EffzooError
 
     try:
