@@ -1,29 +1,34 @@
-"""Benchmark suites: tables in the paper's layout, numbers taken from the runs, resumable suites."""
+"""Benchmark suites: tables in the paper's layout with their caption, numbers taken from the runs,
+resumable suites, a failing or crashing variant is one failed row."""
 from __future__ import annotations
 
 import json
 import math
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-import effzoo.train
+import effzoo
+import effzoo.bench.runner
 from effzoo.bench.curves import read_loss_curve
-from effzoo.bench.plots import normalise, smooth
+from effzoo.bench.plots import RADAR_FLOOR, normalise, radar_axes, smooth
 from effzoo.bench.runner import ROW_NAME, BenchSettings, run_suite
 from effzoo.bench.suites import suite_entries
-from effzoo.bench.tables import PAPER_COLUMNS, to_latex, to_markdown
+from effzoo.bench.tables import PAPER_COLUMNS, caption, to_latex, to_markdown
 from effzoo.cli import main
 from effzoo.errors import EffzooError, UnknownNameError
 
 PAPER_HEADERS = ["Method", "Parameters", "Context Length", "PPL", "AMU (GB)", "AL (s/iter)",
-                 "TT (Tokens/param/s)", "AEC (W)", "GPU Hours"]
+                 "TT (Tokens/param/s)", "AEC (W)", "Device Hours"]
 
 
 def _settings(out: Path, **changes) -> BenchSettings:
-    return BenchSettings.quick_defaults(out=str(out), steps=4, eval_every=2, seq_len=32, batch_size=4,
-                                        decode_prompt=8, decode_tokens=8, sweep_seq_lens=[16, 32],
-                                        sweep_tokens=128, **changes)
+    base = dict(out=str(out), steps=4, eval_every=2, seq_len=32, batch_size=4, decode_prompt=8, decode_tokens=8,
+                sweep_seq_lens=[16, 32], sweep_tokens=128)
+    return BenchSettings.quick_defaults(**{**base, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +50,30 @@ def test_suite_writes_every_file(position_suite):
 def test_tables_use_the_paper_columns(position_suite):
     out, rows = position_suite
     header = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| Method"))
-    assert [c.strip() for c in header.strip("|").split("|")][:9] == PAPER_HEADERS
+    assert [c.strip() for c in header.strip("|").split("|")][:9] == PAPER_HEADERS[:8] + ["Device Hours (CPU)"]
     assert [h for h, _, _ in PAPER_COLUMNS] == PAPER_HEADERS
     tex = (out / "results.tex").read_text()
     assert "Method & Parameters & Context Length & PPL & AMU (GB)" in tex and r"\bottomrule" in tex
+    assert r"\caption{CPU (" in tex and "pipeline, not the architectures' ranking" in tex
+
+
+def test_tables_carry_their_caption_and_the_reason_of_empty_cells(position_suite):
+    out, rows = position_suite
+    md = (out / "results.md").read_text()
+    text = caption(rows)
+    assert f"*{text}*" in md
+    assert f"torch {torch.__version__}" in text and "float32" in text
+    assert "4 steps × batch 4 × 32 tokens = 512 training tokens per model" in text
+    assert "sizes tiny (" in text and rows[0]["date"] in text
+    assert "Tiny models: this shows the pipeline, not the architectures' ranking." in text
+    assert "AEC (W) –: no energy counter on CPU" in md
+    # MFU's peak: measured once for the whole suite (best of several matmuls), the same in every row
+    peaks = {r["peak_tflops"] for r in rows}
+    assert len(peaks) == 1 and peaks.pop() > 0 and "best of 30" in rows[0]["peak_source"]
+    assert f"MFU against a peak of {rows[0]['peak_tflops']:.3g} TFLOP/s" in text
+    for row in rows:
+        metrics = json.loads((Path(row["run_dir"]) / "metrics.json").read_text())
+        assert row["mfu"] == pytest.approx(row["tokens_per_s"] * metrics["flops_per_token"] / (row["peak_tflops"] * 1e12))
 
 
 def test_numbers_come_from_the_runs(position_suite):
@@ -59,23 +84,30 @@ def test_numbers_come_from_the_runs(position_suite):
         metrics = json.loads((Path(row["run_dir"]) / "metrics.json").read_text())
         assert row["ppl"] == pytest.approx(math.exp(metrics["val_loss"]))
         assert row["tt"] == metrics["tt"] and row["al_s_per_iter"] == metrics["al_s"]
-        assert row["amu_gb"] == metrics["amu_gb"] and row["gpu_hours"] == metrics["gpu_hours"]
+        assert row["amu_gb"] == metrics["amu_gb"] and row["device_hours"] == metrics["gpu_hours"]
+        assert row["device_kind"] == "cpu" and row["worker_wall_s"] > 0 and row["worker_cpu_s"] > 0
         assert row["decode_tokens_per_s"] > 0 and row["kv_cache_bytes_per_token"] > 0
         assert row["params"] == effzoo.info(row["variant"], row["size"], **row["overrides"])["params"]
     assert len({r["ppl"] for r in rows}) == len(rows)  # six different models, six different results
 
 
 def test_interrupted_suite_continues_without_rerunning_finished_entries(tmp_path, monkeypatch):
+    from effzoo.train.checkpoint import list_checkpoints
+
     settings = _settings(tmp_path, suite="position")
     entries = suite_entries("position", quick=True)[:2]
     monkeypatch.setattr("effzoo.bench.runner.suite_entries", lambda *a, **k: entries)
     run_suite(settings)
-    (tmp_path / "runs" / entries[1].run_id / ROW_NAME).unlink()  # as if stopped before its row was written
-    calls = []
-    real_train = effzoo.train.train
-    monkeypatch.setattr(effzoo.train, "train", lambda cfg: calls.append(cfg) or real_train(cfg))
+    first, second = (tmp_path / "runs" / e.run_id for e in entries)
+    finished = (first / "metrics.json").stat().st_mtime_ns
+    (second / ROW_NAME).unlink()  # as if stopped after the checkpoint at step 2, before step 4
+    checkpoints = list_checkpoints(second)
+    assert sorted(checkpoints) == [2, 4]
+    shutil.rmtree(checkpoints[4])
     rows = run_suite(settings)
-    assert [c["variant"] for c in calls] == ["gqa"] and calls[0]["resume"] == "latest"
+    assert (first / "metrics.json").stat().st_mtime_ns == finished  # not trained again
+    resumed = json.loads((second / "metrics.json").read_text())
+    assert resumed["resumed_from"] == 2 and resumed["final_step"] == 4
     assert [r["status"] for r in rows] == ["ok", "ok"]
 
 
@@ -83,10 +115,32 @@ def test_a_failing_variant_is_reported_and_the_rest_written(tmp_path, monkeypatc
     entries = suite_entries("attention-free", quick=True)[:1]
     broken = type(entries[0])("attention-free", "Broken", "gqa", "tiny", {"n_kv_heads": 3})
     monkeypatch.setattr("effzoo.bench.runner.suite_entries", lambda *a, **k: [broken, *entries])
-    rows = run_suite(_settings(tmp_path, suite="attention-free"))
+    rows = run_suite(_settings(tmp_path, suite="attention-free", peak_tflops=2.5))
     assert rows[0]["status"] == "failed" and "n_kv_heads" in rows[0]["error"]
     assert rows[1]["status"] == "ok"
-    assert "Broken (failed)" in (tmp_path / "results.md").read_text()
+    md = (tmp_path / "results.md").read_text()
+    assert "Broken (failed)" in md and "- Failed — Broken: ConfigError" in md
+    # --peak-tflops replaces the measured peak
+    assert rows[1]["peak_tflops"] == 2.5 and rows[1]["peak_source"] == "--peak-tflops"
+    assert "MFU against a peak of 2.5 TFLOP/s per device (--peak-tflops)" in md
+
+
+def test_a_crashing_variant_is_one_failed_row(tmp_path, monkeypatch):
+    """A child that dies (a segfault, the kernel's OOM killer) does not take the suite with it."""
+    entries = suite_entries("attention", quick=True)[:1]
+    crash = type(entries[0])("attention", "Crash", "mha", "tiny")
+    monkeypatch.setattr("effzoo.bench.runner.suite_entries", lambda *a, **k: [crash, *entries])
+    real = effzoo.bench.runner.worker_command
+
+    def command(spec):
+        if "mha" in str(spec):
+            return [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+        return real(spec)
+
+    monkeypatch.setattr("effzoo.bench.runner.worker_command", command)
+    rows = run_suite(_settings(tmp_path, suite="attention", sweep_seq_lens=[]))
+    assert rows[0]["status"] == "failed" and "killed by SIGKILL" in rows[0]["error"]
+    assert rows[1]["status"] == "ok" and rows[1]["ppl"] > 1
 
 
 def test_suite_names_and_sizes():
@@ -98,12 +152,22 @@ def test_suite_names_and_sizes():
 
 
 def test_formatting_helpers():
-    assert normalise([1.0, 2.0, 3.0], lower_is_better=True) == [1.0, 0.5, 0.0]
-    assert normalise([5.0, None], lower_is_better=False) == [1.0, None]
+    assert normalise([1.0, 2.0, 4.0], lower_is_better=True) == [1.0, 0.6, 0.4]  # 0.2 + 0.8 * best / v
+    assert normalise([5.0, None, 2.5], lower_is_better=False) == [1.0, None, 0.6]
     assert smooth([1, 2, 3, 4], 2) == [1, 1.5, 2.5, 3.5]
     md = to_markdown([{"group": "g", "method": "X", "ppl": None}])
     assert "| X | – |" in md
     assert r"X & -- &" in to_latex([{"group": "g", "method": "X"}])
+
+
+def test_radar_keeps_every_variant_visible_and_drops_empty_axes(position_suite):
+    _, rows = position_suite
+    axes = radar_axes(rows)
+    labels = [label for label, _ in axes]
+    assert "AEC" not in labels and {"PPL", "AMU", "AL", "TT", "device h"} <= set(labels)  # no energy on CPU
+    for _, column in axes:
+        assert all(v is not None and RADAR_FLOOR < v <= 1.0 for v in column)  # the worst is not at the centre
+        assert max(column) == 1.0
 
 
 def test_text_logs_give_loss_curves(tmp_path):

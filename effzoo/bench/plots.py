@@ -1,4 +1,4 @@
-"""Figures: a radar chart of min–max normalised metrics per group (the paper's Figure 3), loss
+"""Figures: a radar chart of each metric relative to the group's best (the paper's Figure 3), loss
 curves against tokens, and training throughput against sequence length. Needs matplotlib."""
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from ..errors import EffzooError
 # metric key, axis label, True when lower is better
 RADAR_METRICS: list[tuple[str, str, bool]] = [
     ("ppl", "PPL", True), ("amu_gb", "AMU", True), ("al_s_per_iter", "AL", True),
-    ("tt", "TT", False), ("aec_w", "AEC", True), ("gpu_hours", "GPU h", True),
+    ("tt", "TT", False), ("aec_w", "AEC", True), ("device_hours", "device h", True),
 ]
+RADAR_FLOOR = 0.2  # the radius of a ratio of 0 to the best: the worst variant stays visible
 
 
 def available() -> bool:
@@ -34,41 +35,60 @@ def _pyplot():  # type: ignore[no-untyped-def]
     return plt
 
 
+def _usable(value: float | None) -> bool:
+    return value is not None and math.isfinite(value) and value > 0
+
+
 def normalise(values: Sequence[float | None], lower_is_better: bool) -> list[float | None]:
-    """Min–max scale to [0, 1] with 1 = best; equal values all score 1; missing stay None."""
-    present = [v for v in values if v is not None and math.isfinite(v)]
+    """Each value's ratio to the best (best / v when lower is better, v / best otherwise), mapped into
+    [RADAR_FLOOR, 1]: 1 is the best, and no variant sits at the centre. Missing values stay None."""
+    present = [v for v in values if _usable(v)]
     if not present:
         return [None] * len(values)
-    low, high = min(present), max(present)
+    best = min(present) if lower_is_better else max(present)
     out: list[float | None] = []
     for v in values:
-        if v is None or not math.isfinite(v):
+        if not _usable(v):
             out.append(None)
-        elif high == low:
-            out.append(1.0)
         else:
-            scaled = (v - low) / (high - low)
-            out.append(1.0 - scaled if lower_is_better else scaled)
+            ratio = best / v if lower_is_better else v / best
+            out.append(RADAR_FLOOR + (1.0 - RADAR_FLOOR) * ratio)
     return out
 
 
+def radar_axes(rows: Sequence[dict[str, Any]]) -> list[tuple[str, list[float | None]]]:
+    """(axis label, each row's radius) for the metrics of RADAR_METRICS that have a value in some row."""
+    axes = [(label, normalise([r.get(key) for r in rows], lower)) for key, label, lower in RADAR_METRICS]
+    return [(label, column) for label, column in axes if any(v is not None for v in column)]
+
+
 def radar_chart(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
-    """One polygon per method over the metrics in RADAR_METRICS (outward = better)."""
+    """One polygon per method over the metrics that have data (outward = better); a missing value sits
+    at the floor of its axis."""
     plt = _pyplot()
-    labels = [label for _, label, _ in RADAR_METRICS]
+    axes = radar_axes(rows)
+    if not axes:
+        raise EffzooError(f"{path}: no radar metric has a value in any row")
+    labels = [label for label, _ in axes]
     angles = [2 * math.pi * i / len(labels) for i in range(len(labels))] + [0.0]
-    columns = [normalise([r.get(key) for r in rows], lower) for key, _, lower in RADAR_METRICS]
-    fig = plt.figure(figsize=(6, 6))
+    fig = plt.figure(figsize=(8, 6))
     ax = fig.add_subplot(projection="polar")
     for index, row in enumerate(rows):
-        values = [col[index] if col[index] is not None else 0.0 for col in columns]
-        ax.plot(angles, values + values[:1], label=f"{row['method']} {row.get('size', '')}".strip())
-        ax.fill(angles, values + values[:1], alpha=0.08)
+        values = [column[index] if column[index] is not None else RADAR_FLOOR for _, column in axes]
+        ax.plot(angles, values + values[:1], marker="o", markersize=3,
+                label=f"{row['method']} {row.get('size', '')}".strip())
+        ax.fill(angles, values + values[:1], alpha=0.06)
     ax.set_xticks(angles[:-1], labels)
     ax.set_ylim(0, 1)
+    ax.set_yticks([RADAR_FLOOR, 0.6, 1.0], ["0", "0.5", "1 (best)"], fontsize="x-small")
     ax.set_title(title)
-    ax.legend(loc="upper right", bbox_to_anchor=(1.35, 1.1), fontsize="small")
+    _legend_outside(ax, gap=1.12)
     return _save(fig, plt, path)
+
+
+def _legend_outside(ax, gap: float = 1.02) -> None:  # type: ignore[no-untyped-def]
+    """The legend right of the axes (``gap`` in axes widths), where it cannot cover a line."""
+    ax.legend(loc="upper left", bbox_to_anchor=(gap, 1.0), fontsize="small", borderaxespad=0.0)
 
 
 def smooth(values: Sequence[float], window: int) -> list[float]:
@@ -90,7 +110,7 @@ def loss_curves(
 ) -> Path:
     """Loss (or exp(loss), i.e. perplexity) against tokens; ``token_threshold`` keeps only later tokens."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(9, 5))
     for label, (tokens, losses) in curves.items():
         values = smooth(list(losses), smooth_window)
         points = [(t, math.exp(v) if exp_loss else v) for t, v in zip(tokens, values)
@@ -101,7 +121,7 @@ def loss_curves(
     ax.set_ylabel("exp(loss)" if exp_loss else "loss")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    _legend_outside(ax)
     return _save(fig, plt, path)
 
 
@@ -109,7 +129,7 @@ def throughput_chart(sweeps: dict[str, Sequence[tuple[int, float]]], path: str |
                      title: str = "Training throughput vs sequence length") -> Path:
     """Tokens/s of a training step against sequence length, one line per variant (log-2 x axis)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(9, 5))
     for label, points in sweeps.items():
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
@@ -118,7 +138,7 @@ def throughput_chart(sweeps: dict[str, Sequence[tuple[int, float]]], path: str |
     ax.set_ylabel("tokens/s")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    _legend_outside(ax)
     return _save(fig, plt, path)
 
 
@@ -126,6 +146,6 @@ def _save(fig, plt, path: str | Path) -> Path:  # type: ignore[no-untyped-def]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # "tight" keeps the legend outside the axes
     plt.close(fig)
     return path

@@ -1,16 +1,23 @@
 """Run a suite: train every entry under identical settings, measure decoding, write tables and plots.
 
-Each trained model gets a folder ``OUT/runs/RUN_ID`` (the trainer's checkpoints, metrics.jsonl and
-metrics.json) and, once measured, ``bench_row.json``. A rerun skips entries whose row exists and resumes
-interrupted ones from their latest checkpoint, so a suite can be split into parts of any length.
+Each entry runs in its own Python process (``effzoo.bench.worker``): a crash is one failed row and the
+suite goes on, and memory (AMU, peak) is the entry's own, not what earlier entries left behind. Each
+trained model gets a folder ``OUT/runs/RUN_ID`` (the trainer's checkpoints, metrics.jsonl and
+metrics.json, the child's ``bench.log``) and, once measured, ``bench_row.json``. A rerun skips entries
+whose row exists and resumes interrupted ones from their latest checkpoint, so a suite can be split into
+parts of any length.
 """
 from __future__ import annotations
 
-import gc
+import datetime
 import json
 import math
+import resource
+import signal
+import subprocess
 import sys
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +26,10 @@ import torch
 from ..analysis import info
 from ..atomic import write_json
 from ..pretrained import from_pretrained
+from .progress import SuiteProgress, choose_mode
 from .suites import Entry, suite_entries
 from .tables import format_number, write_tables
+from .worker import DEFAULT_MEASURE, ERROR_NAME, LOG_NAME, available_cpus, thread_env, worker_command, write_spec
 
 ROW_NAME = "bench_row.json"
 
@@ -48,6 +57,10 @@ class BenchSettings:
     sweep_seq_lens: list[int] = field(default_factory=list)
     sweep_tokens: int = 16384
     train_overrides: dict[str, Any] = field(default_factory=dict)
+    peak_tflops: float | None = None  # MFU's per-device peak; None: measured once per suite on CPU
+    peak_source: str | None = None  # where peak_tflops came from (filled by run_suite)
+    threads: int | None = None  # CPU threads per child; None: the cores available to this process
+    quiet: bool = False  # no progress output
 
     @classmethod
     def quick_defaults(cls, **changes: Any) -> "BenchSettings":
@@ -67,7 +80,7 @@ def _train_config(entry: Entry, settings: BenchSettings, run_dir: Path, resume: 
         "backend": settings.backend, "dtype": settings.dtype, "compile": settings.compile,
         "eval_every": settings.eval_every, "out": str(run_dir), "resume": "latest" if resume else None,
         "ckpt_every": max(1, (settings.steps or 10**9) // 2) if settings.quick else 1000,
-        "quiet": True, **length, **settings.train_overrides,
+        "peak_tflops": settings.peak_tflops, "quiet": True, **length, **settings.train_overrides,
     }
 
 
@@ -97,19 +110,21 @@ def measure_entry(entry: Entry, settings: BenchSettings, run_dir: Path) -> dict[
                                 dtype=None if settings.dtype in ("auto", "fp32") else settings.dtype,
                                 vocab_size=model.config.vocab_size if model is not None else None,
                                 **entry.overrides) if settings.sweep_seq_lens else []
-    del model
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    peak = metrics.get("peak_flops_per_device")
     return {
         "variant": entry.variant, "size": entry.size, "overrides": dict(entry.overrides),
         "params": stats["params"], "active_params": stats["active_params"], "context_length": settings.seq_len,
         "ppl": _finite(metrics.get("ppl")), "val_loss": metrics.get("val_loss"), "amu_gb": metrics.get("amu_gb"),
         "al_s_per_iter": metrics.get("al_s"), "tt": metrics.get("tt"), "st": metrics.get("st"),
-        "aec_w": metrics.get("aec_w"), "gpu_hours": metrics.get("gpu_hours"), "mfu": metrics.get("mfu"),
+        "aec_w": metrics.get("aec_w"), "energy_source": metrics.get("energy_source"),
+        "device_hours": metrics.get("gpu_hours"), "mfu": metrics.get("mfu"),
         "pcu": metrics.get("pcu"), "tokens_per_s": metrics.get("tokens_per_s"),
         "peak_memory_gb": metrics.get("peak_memory_gb"), "tokens": metrics.get("tokens"),
-        "steps": metrics.get("steps"), "device": metrics.get("device"),
+        "steps": metrics.get("steps"), "batch_size": settings.batch_size, "device": metrics.get("device"),
+        "device_kind": metrics.get("backend"), "dtype": metrics.get("dtype"), "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+        "peak_tflops": peak / 1e12 if peak else None,
+        "peak_source": settings.peak_source or metrics.get("peak_flops_source"),
         "decode_tokens_per_s": decode, "kv_cache_bytes_per_token": stats["kv_cache_bytes_per_token"],
         "state_bytes_per_sequence": stats["state_bytes_per_sequence"],
         "throughput_sweep": [list(p) for p in sweep], "run_dir": str(run_dir), "status": "ok",
@@ -124,32 +139,131 @@ def _summary_line(row: dict[str, Any]) -> str:
             f"decode {show('decode_tokens_per_s', ',.1f')} tok/s | AMU {show('amu_gb', '.2f')} GB")
 
 
+def with_peak(settings: BenchSettings, threads: int) -> BenchSettings:
+    """The suite's MFU peak: ``--peak-tflops`` when given; on CPU measured here once (best of several
+    matmuls on the children's thread count); elsewhere the backend's table (filled in by each child)."""
+    from ..backends import detect
+    from ..build import parse_dtype
+    from .speed import matmul_peak_flops
+
+    if settings.peak_tflops:
+        return replace(settings, peak_source="--peak-tflops")
+    if (detect() if settings.backend == "auto" else settings.backend) != "cpu":
+        return settings
+    dtype = torch.float32 if settings.dtype in ("auto", "fp32") else parse_dtype(settings.dtype)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        flops, how = matmul_peak_flops(torch.device("cpu"), dtype)
+    finally:
+        torch.set_num_threads(previous)
+    return replace(settings, peak_tflops=flops / 1e12, peak_source=f"{how}, {threads} threads")
+
+
+def planned_steps(settings: BenchSettings) -> int:
+    """Training steps per entry (as the trainer computes them)."""
+    if settings.steps is not None:
+        return settings.steps
+    return max(1, math.ceil(float(settings.tokens or 0) / (settings.batch_size * settings.seq_len)))
+
+
+def _steps_done(run_dir: Path) -> int:
+    """The last training step the child logged to its metrics.jsonl (0 before the first)."""
+    from ..metrics.logger import JSONL_NAME
+
+    try:
+        lines = (run_dir / JSONL_NAME).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line being written
+            continue
+        if record.get("kind") == "train":
+            return int(record.get("step", 0))
+    return 0
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"worker killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
+    return f"worker exited with status {code}"
+
+
+def run_isolated(entry: Entry, settings: BenchSettings, run_dir: Path, threads: int, on_step: Any = None,
+                 poll_s: float = 0.5, measure: str = DEFAULT_MEASURE) -> dict[str, Any]:
+    """Measure ``entry`` with ``measure`` (``module:function``, default: train, then measure decoding) in a
+    child process; its row, or a failed row naming why it failed. ``on_step(steps)`` reports training."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / ERROR_NAME).unlink(missing_ok=True)
+    spec = write_spec(run_dir, entry, settings, threads, measure)
+    log_path = run_dir / LOG_NAME
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    with log_path.open("ab") as log:
+        child = subprocess.Popen(worker_command(spec), stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads))
+        try:
+            while True:
+                try:
+                    code = child.wait(timeout=poll_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    if on_step is not None:
+                        on_step(_steps_done(run_dir))
+        except BaseException:  # Ctrl-C or a time limit: the child must not outlive the suite
+            child.kill()
+            child.wait()
+            raise
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # children run one at a time: the delta is this one
+    cost = {"worker_wall_s": time.perf_counter() - start,
+            "worker_cpu_s": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime}
+    row_path = run_dir / ROW_NAME
+    if code == 0 and row_path.exists():
+        row = {**json.loads(row_path.read_text()), **cost}
+        write_json(row_path, row)
+        return row
+    error_path = run_dir / ERROR_NAME
+    error = json.loads(error_path.read_text())["error"] if error_path.exists() else _exit_reason(code)
+    return {"variant": entry.variant, "size": entry.size, "overrides": dict(entry.overrides), "status": "failed",
+            "error": f"{error} (log: {log_path})", "run_dir": str(run_dir), **cost}
+
+
 def run_suite(settings: BenchSettings) -> list[dict[str, Any]]:
-    """Run (or continue) every entry of the suite and write tables and plots into ``settings.out``."""
+    """Run (or continue) every entry of the suite, each in its own process, and write tables and plots
+    into ``settings.out``."""
     out = Path(settings.out)
     entries = suite_entries(settings.suite, settings.sizes, quick=settings.quick)
+    first: dict[str, Entry] = {}
+    for entry in entries:  # a model in several groups (GQA) is trained once
+        first.setdefault(entry.run_id, entry)
+    unique = list(first.values())
+    threads = settings.threads or available_cpus()
+    pending = [e for e in unique if not (out / "runs" / e.run_id / ROW_NAME).exists()]
+    settings = with_peak(settings, threads) if pending else settings
+    progress = SuiteProgress(len(unique), mode=choose_mode(sys.stdout, settings.quiet))
     rows_by_run: dict[str, dict[str, Any]] = {}
-    pending = list(dict.fromkeys(e.run_id for e in entries))
-    for entry in entries:
-        if entry.run_id in rows_by_run:
-            continue
-        run_dir = out / "runs" / entry.run_id
-        row_path = run_dir / ROW_NAME
-        counter = f"[{pending.index(entry.run_id) + 1}/{len(pending)}] {entry.run_id}"
-        if row_path.exists():
-            print(f"{counter}: finished earlier, reusing {row_path}", flush=True)
-            rows_by_run[entry.run_id] = json.loads(row_path.read_text())
-            continue
-        print(f"{counter}: training {entry.variant} at {entry.size} ...", flush=True)
-        try:
-            row = measure_entry(entry, settings, run_dir)
-            write_json(row_path, row)
-            print(f"{counter}: {_summary_line(row)}", flush=True)
-        except Exception as exc:  # one broken variant must not lose the others' results
-            print(f"effzoo bench: {entry.run_id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            row = {"variant": entry.variant, "size": entry.size, "status": "failed",
-                   "error": f"{type(exc).__name__}: {exc}", "run_dir": str(run_dir)}
-        rows_by_run[entry.run_id] = row
+    try:
+        for index, entry in enumerate(unique, 1):
+            run_dir = out / "runs" / entry.run_id
+            row_path = run_dir / ROW_NAME
+            counter = f"[{index}/{len(unique)}] {entry.run_id}"
+            if row_path.exists():
+                rows_by_run[entry.run_id] = json.loads(row_path.read_text())
+                progress.end(f"{counter}: finished earlier, reusing {row_path}", ran=False)
+                continue
+            progress.begin(index, entry.run_id, planned_steps(settings))
+            row = run_isolated(entry, settings, run_dir, threads, progress.step)
+            if row["status"] == "ok":
+                progress.end(f"{counter}: {_summary_line(row)}")
+            else:
+                progress.end(f"{counter}: failed: {row['error']}")
+            rows_by_run[entry.run_id] = row
+    finally:
+        progress.close()
     rows = [{"group": e.group, "method": e.method, **rows_by_run[e.run_id]} for e in entries]
     write_report(rows, out)
     return rows
@@ -170,10 +284,12 @@ def write_report(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         if not members:
             continue
         slug = group.replace(" ", "-")
-        paths.append(plots.radar_chart(members, out / f"radar-{slug}.png", f"{group} (min–max normalised, outward = better)"))
+        paths.append(plots.radar_chart(members, out / f"radar-{slug}.png",
+                                       f"{group}: each metric relative to the group's best (outward = better)"))
         curves = {f"{r['method']} {r['size']}": read_loss_curve(r["run_dir"]) for r in members}
         paths.append(plots.loss_curves(curves, out / f"loss-{slug}.png", title=f"{group}: training loss"))
         sweeps = {f"{r['method']} {r['size']}": [tuple(p) for p in r.get("throughput_sweep", [])] for r in members}
         if any(sweeps.values()):
-            paths.append(plots.throughput_chart(sweeps, out / f"throughput-{slug}.png"))
+            paths.append(plots.throughput_chart(sweeps, out / f"throughput-{slug}.png",
+                                                title=f"{group}: training throughput vs sequence length"))
     return paths

@@ -2,6 +2,7 @@
 throughput sweep over sequence lengths."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -78,6 +79,26 @@ def training_throughput(
         results.append((seq_len, batch * seq_len / seconds))
     synchronize(target)
     return results
+
+
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, *, size: int = 1024,
+                      repeats: int = 30) -> tuple[float, str]:
+    """FLOP/s of the fastest of ``repeats`` square matmuls (after two warm-ups) and how it was measured.
+
+    The best run, not the median: a shared machine only ever makes a run slower, so the best is the
+    estimate of the peak that moves least between runs (MFU's denominator)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = float("inf")
+    for index in range(repeats + 2):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        if index >= 2:
+            best = min(best, time.perf_counter() - start)
+    name = str(dtype).removeprefix("torch.")
+    return 2.0 * size**3 / max(best, 1e-9), f"best of {repeats} {size}x{size} {name} matmuls"
 
 
 def dense_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,7 @@
-"""EfficientLLM tables from benchmark rows: CSV (every field), JSON, Markdown and LaTeX (paper layout)."""
+"""EfficientLLM tables from benchmark rows: CSV (every field), JSON, Markdown and LaTeX (paper layout).
+
+Markdown and LaTeX tables carry a caption built from the rows (device, torch, steps, tokens, sequence
+length, sizes, date, MFU's peak) and notes that give the reason of each cell left empty."""
 from __future__ import annotations
 
 import csv
@@ -34,7 +37,8 @@ def params_label(n: Any) -> str:
 
 
 # (header, row key, formatter): the paper's column layout (Method | Parameters | Context Length | PPL |
-# AMU (GB) | AL (s/iter) | TT | AEC (W) | GPU Hours), then the measurements effzoo adds.
+# AMU (GB) | AL (s/iter) | TT | AEC (W) | GPU Hours), then the measurements effzoo adds. "GPU Hours" is
+# "Device Hours (KIND)": a CPU run's hours are CPU hours.
 Column = tuple[str, str, Callable[[Any], str]]
 PAPER_COLUMNS: list[Column] = [
     ("Method", "method", str),
@@ -45,7 +49,7 @@ PAPER_COLUMNS: list[Column] = [
     ("AL (s/iter)", "al_s_per_iter", _num(".4f")),
     ("TT (Tokens/param/s)", "tt", _num(".3e")),
     ("AEC (W)", "aec_w", _num(".1f")),
-    ("GPU Hours", "gpu_hours", _num(".4f")),
+    ("Device Hours", "device_hours", _num(".4f")),
 ]
 EXTRA_COLUMNS: list[Column] = [
     ("MFU", "mfu", _num(".3f")),
@@ -56,47 +60,130 @@ EXTRA_COLUMNS: list[Column] = [
 ]
 
 
+DEVICE_KINDS = {"cpu": "CPU", "cuda": "GPU", "npu": "NPU"}
+TINY_PARAMS = 1e8  # below this, a table shows the pipeline, not the architectures' ranking
+
+
 def _cells(row: Row, columns: Sequence[Column]) -> list[str]:
     return [fmt(row.get(key)) for _, key, fmt in columns]
 
 
+def _ok(rows: Sequence[Row]) -> list[Row]:
+    return [r for r in rows if r.get("status", "ok") == "ok"]
+
+
+def _distinct(rows: Sequence[Row], key: str) -> list[Any]:
+    return list(dict.fromkeys(r.get(key) for r in rows if r.get(key) is not None))
+
+
+def _joined(values: Sequence[Any], fmt: str = "") -> str:
+    return " / ".join(format(v, fmt) for v in values) if values else "unknown"
+
+
+def headers(rows: Sequence[Row], columns: Sequence[Column]) -> list[str]:
+    """Column headers; device hours name the device kind of the rows (``Device Hours (CPU)``)."""
+    kinds = [DEVICE_KINDS.get(k, str(k).upper()) for k in _distinct(_ok(rows), "device_kind")]
+    return [f"{h} ({'/'.join(kinds)})" if key == "device_hours" and kinds else h for h, key, _ in columns]
+
+
+def caption(rows: Sequence[Row]) -> str:
+    """What the numbers were measured on: device, torch, dtype, steps, tokens, length, sizes, date, peak."""
+    ok = _ok(rows)
+    if not ok:
+        return "No entry finished; see the errors in results.json."
+    params = [r["params"] for r in ok if r.get("params")]
+    size_text = _joined(_distinct(ok, "size"))
+    if params:
+        size_text += f" ({params_label(min(params))}–{params_label(max(params))} parameters)"
+    steps, batches, lengths = _distinct(ok, "steps"), _distinct(ok, "batch_size"), _distinct(ok, "context_length")
+    tokens = _distinct(ok, "tokens")
+    parts = [
+        f"{_joined(_distinct(ok, 'device'))}, torch {_joined(_distinct(ok, 'torch_version'))}, "
+        f"{_joined(_distinct(ok, 'dtype'))}",
+        f"{_joined(steps)} steps × batch {_joined(batches)} × {_joined(lengths)} tokens = "
+        f"{_joined(tokens, ',')} training tokens per model",
+        f"sizes {size_text}",
+        f"measured {_joined(_distinct(ok, 'date'))}",
+    ]
+    peaks = [(r["peak_tflops"], r.get("peak_source")) for r in ok if r.get("peak_tflops")]
+    if peaks:
+        sources = _joined(list(dict.fromkeys(source for _, source in peaks if source)))
+        parts.append(f"MFU against a peak of {_joined(list(dict.fromkeys(p for p, _ in peaks)), '.3g')} "
+                     f"TFLOP/s per device ({sources})")
+    text = "; ".join(parts) + "."
+    if params and max(params) < TINY_PARAMS:
+        text += " Tiny models: this shows the pipeline, not the architectures' ranking."
+    return text
+
+
+def _missing_reason(row: Row, key: str) -> str | None:
+    if key == "aec_w":
+        if row.get("device_kind") == "cpu":
+            return "no energy counter on CPU (RAPL is not readable on this machine)"
+        return f"no power or energy counter on {row.get('device') or 'this device'} (energy source: " \
+               f"{row.get('energy_source') or 'none'})"
+    if key == "decode_tokens_per_s":
+        return "no checkpoint to decode from"
+    if key == "mfu":
+        return "no peak FLOP/s known for this device (pass --peak-tflops)"
+    return None
+
+
+def notes(rows: Sequence[Row], columns: Sequence[Column]) -> list[str]:
+    """One line per column with empty cells, giving the reason (``AEC (W) –: no energy counter on CPU``)."""
+    out = []
+    for header, key, fmt in columns:
+        reasons = [_missing_reason(r, key) for r in _ok(rows) if fmt(r.get(key)) == MISSING]
+        known = list(dict.fromkeys(r for r in reasons if r))
+        if known:
+            out.append(f"{header} {MISSING}: {'; '.join(known)}.")
+    failed = [f"{r.get('method')}: {r.get('error')}" for r in rows if r.get("status") == "failed"]
+    return out + [f"Failed — {line}" for line in failed]
+
+
 def to_markdown(rows: Sequence[Row], extras: bool = True) -> str:
-    """One Markdown table per group, paper columns first."""
+    """One Markdown table per group, paper columns first, each with its caption and notes."""
     columns = PAPER_COLUMNS + (EXTRA_COLUMNS if extras else [])
     out = []
     for group in dict.fromkeys(r["group"] for r in rows):
+        members = [r for r in rows if r["group"] == group]
         out.append(f"### {group}\n")
-        out.append("| " + " | ".join(h for h, _, _ in columns) + " |")
+        out.append(f"*{caption(members)}*\n")
+        out.append("| " + " | ".join(headers(members, columns)) + " |")
         out.append("|" + "---|" * len(columns))
-        for row in (r for r in rows if r["group"] == group):
+        for row in members:
             cells = _cells(row, columns)
             if row.get("status") == "failed":
                 cells[0] += " (failed)"
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
+        out += [f"- {line}" for line in notes(members, columns)]
+        out.append("")
     return "\n".join(out)
 
 
 def _latex_escape(text: str) -> str:
-    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                       ("×", r"$\times$"), ("–", "--"), ("—", "---")):
         text = text.replace(char, repl)
     return text
 
 
 def to_latex(rows: Sequence[Row]) -> str:
-    """A booktabs table in the paper's column layout, one block per group."""
-    headers = [h for h, _, _ in PAPER_COLUMNS]
-    lines = [r"\begin{tabular}{l" + "r" * (len(headers) - 1) + "}", r"\toprule",
-             " & ".join(_latex_escape(h) for h in headers) + r" \\", r"\midrule"]
+    """A booktabs table in the paper's column layout, one block per group, with its caption."""
+    names = headers(rows, PAPER_COLUMNS)
+    lines = [r"\begin{table}", r"\centering", r"\begin{tabular}{l" + "r" * (len(names) - 1) + "}", r"\toprule",
+             " & ".join(_latex_escape(h) for h in names) + r" \\", r"\midrule"]
     groups = list(dict.fromkeys(r["group"] for r in rows))
     for index, group in enumerate(groups):
-        lines.append(rf"\multicolumn{{{len(headers)}}}{{l}}{{\textit{{{_latex_escape(group)}}}}} \\")
+        lines.append(rf"\multicolumn{{{len(names)}}}{{l}}{{\textit{{{_latex_escape(group)}}}}} \\")
         for row in (r for r in rows if r["group"] == group):
             cells = [c.replace(MISSING, "--") for c in _cells(row, PAPER_COLUMNS)]
             lines.append(" & ".join(_latex_escape(c) for c in cells) + r" \\")
         if index < len(groups) - 1:
             lines.append(r"\midrule")
-    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    text = " ".join([caption(rows), *notes(rows, PAPER_COLUMNS)])
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{_latex_escape(text)}}}", r"\end{table}", ""]
     return "\n".join(lines)
 
 

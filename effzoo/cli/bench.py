@@ -28,16 +28,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-every", type=int, help="validation every N steps")
     parser.add_argument("--decode-tokens", type=int, help="new tokens for the decode-throughput measurement")
     parser.add_argument("--sweep", help="sequence lengths for the throughput sweep, e.g. 2048,4096,8192 ('' = off)")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="per-device peak TFLOP/s for MFU (default: the GPU's table; on CPU measured once per suite)")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads of each variant's process (default: the cores available to effzoo)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
 
 
 def run(args: argparse.Namespace) -> int:
+    from effzoo.errors import ConfigError
+
+    for flag, value in (("--peak-tflops", args.peak_tflops), ("--threads", args.threads)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{flag} must be positive, got {value:g}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     changes = {
         "suite": args.suite, "sizes": args.sizes.split(",") if args.sizes else None, "out": args.out,
         "data": args.data, "tokens": args.tokens, "steps": args.steps, "seq_len": args.seq_len,
         "batch_size": args.batch_size, "backend": args.backend, "dtype": args.dtype,
         "compile": args.compile or None, "seed": args.seed, "eval_every": args.eval_every,
-        "decode_tokens": args.decode_tokens,
+        "decode_tokens": args.decode_tokens, "peak_tflops": args.peak_tflops, "threads": args.threads,
+        "quiet": args.quiet or None,
     }
     if args.sweep is not None:
         changes["sweep_seq_lens"] = [int(x) for x in args.sweep.split(",") if x.strip()]

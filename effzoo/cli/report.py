@@ -25,7 +25,10 @@ def rows_from(source: Path) -> list[dict[str, Any]]:
         rows = []
         for row in json.loads(results.read_text()):
             fresh = Path(row.get("run_dir", "")) / ROW_NAME
-            rows.append({**row, **json.loads(fresh.read_text())} if fresh.exists() else row)
+            row = {**row, **json.loads(fresh.read_text())} if fresh.exists() else row
+            if "gpu_hours" in row and "device_hours" not in row:  # written before effzoo named them device hours
+                row["device_hours"] = row.pop("gpu_hours")
+            rows.append(row)
         return rows
     summary = source / SUMMARY_NAME
     if summary.exists():
@@ -34,8 +37,12 @@ def rows_from(source: Path) -> list[dict[str, Any]]:
             "group": "runs", "method": source.name, "variant": m.get("variant"), "size": m.get("size"),
             "params": m.get("params"), "context_length": m.get("seq_len"), "ppl": m.get("ppl"),
             "amu_gb": m.get("amu_gb"), "al_s_per_iter": m.get("al_s"), "tt": m.get("tt"), "aec_w": m.get("aec_w"),
-            "gpu_hours": m.get("gpu_hours"), "mfu": m.get("mfu"), "tokens_per_s": m.get("tokens_per_s"),
-            "peak_memory_gb": m.get("peak_memory_gb"), "run_dir": str(source), "status": "ok",
+            "device_hours": m.get("gpu_hours"), "mfu": m.get("mfu"), "tokens_per_s": m.get("tokens_per_s"),
+            "peak_memory_gb": m.get("peak_memory_gb"), "steps": m.get("steps"), "tokens": m.get("tokens"),
+            "batch_size": m.get("global_batch"), "device": m.get("device"), "device_kind": m.get("backend"),
+            "dtype": m.get("dtype"), "energy_source": m.get("energy_source"),
+            "peak_tflops": m["peak_flops_per_device"] / 1e12 if m.get("peak_flops_per_device") else None,
+            "peak_source": m.get("peak_flops_source"), "run_dir": str(source), "status": "ok",
         }]
     raise EffzooError(f"{source} has neither results.json (a benchmark folder) nor {SUMMARY_NAME} (a training run)")
 
