@@ -13,10 +13,14 @@ from typing import Any
 from .auto import register_auto_classes
 from .importers import import_checkpoint
 
-__all__ = ["EffzooConfig", "EffzooForCausalLM", "import_checkpoint", "register_auto_classes"]
+__all__ = ["EffzooCache", "EffzooConfig", "EffzooForCausalLM", "import_checkpoint", "register_auto_classes"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "EffzooCache":
+        from .cache import EffzooCache
+
+        return EffzooCache
     if name == "EffzooConfig":
         from .config import EffzooConfig
 
