@@ -14,13 +14,14 @@ from .data import IGNORE, MQARSplit
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Optimiser and length of the training of one cell (AdamW, linear warmup, cosine decay)."""
+    """Optimiser and length of the training of one cell (AdamW; warmup, constant, cosine decay)."""
 
     steps: int = 1500
     batch_size: int = 64
     lr: float = 3e-3
     min_lr: float = 3e-4
     warmup: int = 50
+    decay: float = 1.0  # fraction of the steps, at the end, over which the learning rate decays
     weight_decay: float = 0.1
     eval_batch: int = 250
 
@@ -38,9 +39,13 @@ def answer_logits(model: torch.nn.Module, inputs: torch.Tensor, where: torch.Ten
 
 
 def _lr(step: int, s: TrainSettings) -> float:
+    """Linear warmup, constant, then cosine decay to ``min_lr`` over the last ``decay`` of the steps."""
     if step < s.warmup:
         return s.lr * (step + 1) / s.warmup
-    progress = (step - s.warmup) / max(1, s.steps - s.warmup)
+    start = max(s.warmup, round(s.steps * (1 - s.decay)))
+    if step < start:
+        return s.lr
+    progress = (step - start) / max(1, s.steps - start)
     return s.min_lr + 0.5 * (s.lr - s.min_lr) * (1 + math.cos(math.pi * progress))
 
 
