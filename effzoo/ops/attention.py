@@ -87,10 +87,10 @@ def sdpa_attention(
         if heads != kv_heads and not q.is_cuda:  # CPU kernels run enable_gqa (and strided views) very slowly
             k = k.repeat_interleave(heads // kv_heads, dim=1)
             v = v.repeat_interleave(heads // kv_heads, dim=1)
-        return F.scaled_dot_product_attention(
-            q, k, v, is_causal=causal and q_len == k_len and q_len > 1, scale=scale,
-            enable_gqa=heads != k.shape[1],
-        )
+        is_causal = False
+        if causal and q_len > 1 and q_len == k_len:  # an `if`, not a bool expression: a guard under dynamic shapes
+            is_causal = True
+        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale, enable_gqa=heads != k.shape[1])
     mask = _bias_and_mask(position, q_len, k_len, causal, q.device, q_positions, k_positions)
     if heads != kv_heads:
         return _grouped_masked_sdpa(q, k, v, mask, scale)
