@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from effzoo.bench.runner import BenchSettings, run_suite
+from effzoo.bench.runner import BenchSettings, child_threads, run_suite
 from effzoo.bench.suites import Entry
-from effzoo.bench.worker import available_cpus, thread_env
+from effzoo.bench.worker import thread_env
+from effzoo.cli.machine import available_cpus
 
 # about 15M parameters: with gradients and AdamW state some 250 MB more than the tiny model
 LARGE = {"d_model": 512, "n_layers": 4, "n_heads": 8, "n_kv_heads": 2, "ffn_hidden": 2048}
@@ -34,8 +35,15 @@ def test_the_second_variant_does_not_carry_the_first_ones_memory(tmp_path, monke
     assert second["peak_memory_gb"] == pytest.approx(alone["peak_memory_gb"], abs=0.06)
 
 
-def test_children_get_the_available_cores_not_more(tmp_path):
+def test_children_get_the_idle_available_cores_not_more(monkeypatch):
     cores = available_cpus()
-    assert 1 <= cores <= len(__import__("os").sched_getaffinity(0))
-    env = thread_env(cores)
-    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == str(cores)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert child_threads(None) == cores  # an idle machine: every core
+    monkeypatch.setattr("os.getloadavg", lambda: (cores + 5.0, 0.0, 0.0))
+    assert child_threads(None) == 1  # a busy one: waiting OpenMP threads would only lose time
+    assert child_threads(3) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert child_threads(None) == 2
+    env = thread_env(2)
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2"

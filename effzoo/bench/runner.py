@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 import resource
 import signal
 import subprocess
@@ -29,7 +30,7 @@ from ..pretrained import from_pretrained
 from .progress import SuiteProgress, choose_mode
 from .suites import Entry, suite_entries
 from .tables import format_number, write_tables
-from .worker import DEFAULT_MEASURE, ERROR_NAME, LOG_NAME, available_cpus, thread_env, worker_command, write_spec
+from .worker import DEFAULT_MEASURE, ERROR_NAME, LOG_NAME, thread_env, worker_command, write_spec
 
 ROW_NAME = "bench_row.json"
 
@@ -160,6 +161,21 @@ def with_peak(settings: BenchSettings, threads: int) -> BenchSettings:
     return replace(settings, peak_tflops=flops / 1e12, peak_source=f"{how}, {threads} threads")
 
 
+def child_threads(requested: int | None) -> int:
+    """Threads of every child: ``--threads``, else ``OMP_NUM_THREADS``, else the available cores that other
+    processes leave idle when the suite starts (one child runs at a time; the same count for all)."""
+    from ..cli.machine import available_cpus, plan_threads
+
+    pinned = os.environ.get("OMP_NUM_THREADS", "")
+    if requested:
+        return requested
+    if pinned.isdigit() and int(pinned) > 0:
+        return int(pinned)
+    cores = available_cpus()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return plan_threads(cores, cores, load, environ={}).threads
+
+
 def planned_steps(settings: BenchSettings) -> int:
     """Training steps per entry (as the trainer computes them)."""
     if settings.steps is not None:
@@ -241,7 +257,7 @@ def run_suite(settings: BenchSettings) -> list[dict[str, Any]]:
     for entry in entries:  # a model in several groups (GQA) is trained once
         first.setdefault(entry.run_id, entry)
     unique = list(first.values())
-    threads = settings.threads or available_cpus()
+    threads = child_threads(settings.threads)
     pending = [e for e in unique if not (out / "runs" / e.run_id / ROW_NAME).exists()]
     settings = with_peak(settings, threads) if pending else settings
     progress = SuiteProgress(len(unique), mode=choose_mode(sys.stdout, settings.quiet))

@@ -9,7 +9,6 @@ names its own function of the same signature), then writes ``bench_row.json`` (s
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from dataclasses import asdict
@@ -20,21 +19,6 @@ SPEC_NAME = "bench_spec.json"
 ERROR_NAME = "bench_error.json"
 LOG_NAME = "bench.log"
 DEFAULT_MEASURE = "effzoo.bench.runner:measure_entry"
-
-
-def available_cpus() -> int:
-    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota (containers)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cores)
 
 
 def thread_env(threads: int) -> dict[str, str]:

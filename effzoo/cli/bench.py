@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peak-tflops", type=float,
                         help="per-device peak TFLOP/s for MFU (default: the GPU's table; on CPU measured once per suite)")
     parser.add_argument("--threads", type=int,
-                        help="CPU threads of each variant's process (default: the cores available to effzoo)")
+                        help="CPU threads of each variant's process (default: the available cores that are idle "
+                             "when the suite starts)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
 
 
