@@ -47,7 +47,7 @@ def test_mqar_is_seeded_and_train_test_disjoint():
 
 @pytest.mark.parametrize("d_model", FULL_D_MODELS)
 def test_every_registered_variant_is_sized_for_the_grid(d_model):
-    for spec in effzoo.list_variants():
+    for spec in effzoo.REGISTRY.list_variants():
         overrides = model_overrides(spec.name, d_model, 512)
         model = effzoo.build(spec.name, size="tiny", device="meta", **overrides)
         cfg = model.config

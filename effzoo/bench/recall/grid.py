@@ -58,8 +58,7 @@ class RecallGrid:
 def _drops_mlp(variant: str) -> bool:
     """Whether the variant's blocks take a dense MLP that can be left out (not an MoE: that is the
     variant itself; not a block without an ``ffn`` setting, like RWKV's channel mix)."""
-    spec = next(v for v in effzoo.list_variants() if v.name == effzoo.make_config(variant, "tiny").variant)
-    if spec.capabilities.moe:
+    if effzoo.REGISTRY.variant(variant).capabilities.moe:
         return False
     try:
         effzoo.make_config(variant, "tiny", ffn="none")

@@ -59,7 +59,7 @@ class RecallSettings:
         return cls(**base)
 
     def grid(self) -> RecallGrid:
-        names = self.variants or [v.name for v in effzoo.list_variants()]
+        names = self.variants or [spec.name for spec in effzoo.REGISTRY.list_variants()]
         for name in names:
             effzoo.make_config(name, "tiny")  # unknown names fail here, with suggestions
         return RecallGrid(tuple(names), tuple(self.settings), tuple(self.d_models))

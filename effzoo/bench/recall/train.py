@@ -55,7 +55,7 @@ def accuracy(model: torch.nn.Module, split: MQARSplit, batch: int = 250) -> floa
     model.eval()
     right = total = 0
     for first in range(0, len(split), batch):
-        inputs, targets = split.inputs[first:first + batch], split.targets[first:first + batch]
+        inputs, targets = split.inputs[first:first + batch].long(), split.targets[first:first + batch].long()
         where = targets != IGNORE
         right += int((answer_logits(model, inputs, where).argmax(-1) == targets[where]).sum())
         total += int(where.sum())
@@ -78,7 +78,7 @@ def train_cell(model: torch.nn.Module, train: MQARSplit, test: MQARSplit, settin
         for group in opt.param_groups:
             group["lr"] = _lr(step, settings)
         rows = torch.randint(0, len(train), (settings.batch_size,), generator=gen)
-        inputs, targets = train.inputs[rows], train.targets[rows]
+        inputs, targets = train.inputs[rows].long(), train.targets[rows].long()
         where = targets != IGNORE
         loss = F.cross_entropy(answer_logits(model, inputs, where).float(), targets[where])
         opt.zero_grad(set_to_none=True)
