@@ -353,7 +353,7 @@ def variants(phase: Phase, dry_run: bool) -> None:
     compile_blocks = cuda and os.environ.get("EFFZOO_GPU_CHECK_COMPILE_VARIANTS") == "1"
     phase.note(f"size {size}, batch {batch} x {seq}, {steps} steps, "
                f"{'compiled blocks' if compile_blocks else 'eager'}; decode: prompt 128, 256 new, batch 1")
-    names = [v.name for v in effzoo.list_variants() if cuda or not v.capabilities.needs_cuda]
+    names = [v.name for v in effzoo.list_variants(specs=True) if cuda or not v.capabilities.needs_cuda]
     for variant in phase.cases(names):
         _free()
         row: dict[str, Any] = {"variant": variant}

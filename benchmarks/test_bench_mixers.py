@@ -26,7 +26,7 @@ DTYPE = torch.bfloat16 if CUDA else torch.float32
 SIZE = os.environ.get("EFFZOO_BENCH_SIZE", "0.5B" if CUDA else "tiny")
 LENGTHS = [int(x) for x in os.environ.get("EFFZOO_BENCH_LENGTHS", "2048,8192,16384" if CUDA else "64,256").split(",")]
 ROUNDS = dict(rounds=10, warmup_rounds=2, iterations=1) if CUDA else dict(rounds=2, warmup_rounds=1, iterations=1)
-VARIANTS = [v.name for v in effzoo.list_variants() if not v.capabilities.needs_cuda or CUDA]
+VARIANTS = [v.name for v in effzoo.list_variants(specs=True) if not v.capabilities.needs_cuda or CUDA]
 
 
 def _block(variant: str, length: int):  # type: ignore[no-untyped-def]

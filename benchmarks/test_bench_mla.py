@@ -45,8 +45,8 @@ def _layer(variant: str, **options: object) -> tuple[Attention, MixContext, int]
     for module in layer.modules():
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, 0.0, cfg.init_std)
-        elif hasattr(module, "_init_weights"):
-            module._init_weights()
+        elif isinstance(module, effzoo.plugin.Component):
+            module.init_weights()
     position = build_component("position", cfg.position, cfg).to(DEVICE)
     context = MixContext(positions=torch.arange(0, device=DEVICE), position=position)
     return layer.to(DEVICE, DTYPE), context, cfg.d_model

@@ -48,8 +48,8 @@ def _moe(backend: str) -> MoEFeedForward:
                              top_k=SHAPE.top_k, moe_ffn_hidden=SHAPE.hidden, moe_backend=backend)
     layer = MoEFeedForward(cfg)
     for module in layer.modules():
-        if hasattr(module, "_init_weights"):
-            module._init_weights()
+        if isinstance(module, effzoo.plugin.Component):
+            module.init_weights()
     return layer.to(DEVICE, SHAPE.dtype).train()
 
 

@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, overload
 
 __version__ = "0.1.0"
 
@@ -22,9 +22,25 @@ if TYPE_CHECKING:
     from .plugins import PluginReport
 
 
-def list_variants(pattern: str = "*", **filters: object) -> list[VariantSpec]:
-    """Registered variants matching ``pattern`` (fnmatch) and capability filters, e.g. ``kv_cache=True``."""
-    return REGISTRY.list_variants(pattern, **filters)
+@overload
+def list_variants(pattern: str = "*", *, specs: Literal[False] = False, **filters: object) -> list[str]: ...
+@overload
+def list_variants(pattern: str = "*", *, specs: Literal[True], **filters: object) -> list[VariantSpec]: ...
+
+
+def list_variants(pattern: str = "*", *, specs: bool = False, **filters: object) -> list[str] | list[VariantSpec]:
+    """Names of the registered variants matching ``pattern`` (fnmatch) and capability filters, e.g.
+    ``kv_cache=True`` or ``group="attention"``; ``specs=True`` gives the VariantSpec objects instead."""
+    found = REGISTRY.list_variants(pattern, **filters)
+    return found if specs else [spec.name for spec in found]
+
+
+def __getattr__(name: str) -> object:
+    if name == "plugin":  # the public plugin API (effzoo.plugin), imported on first use
+        import importlib
+
+        return importlib.import_module(".plugin", __name__)
+    raise AttributeError(f"module 'effzoo' has no attribute {name!r}")
 
 
 def plugin_reports() -> list[PluginReport]:

@@ -1,13 +1,17 @@
-"""The four interfaces every variant plugs into: Attention, PositionalEncoding, MixerBlock, Router.
+"""The interfaces every variant plugs into: MixerBlock, Attention, FeedForward, PositionalEncoding, Router.
 
 Data flow of one forward pass (see docs/architecture.md)::
 
     ids -> embedding -> position.embed -> [MixerBlock(x, ctx, state)] * L -> norm -> head
 
-``MixContext`` carries the token positions and the model's single ``PositionalEncoding`` to every
-block. An attention never asks which encoding it has: it calls ``position.rotate`` on q/k (identity
-unless rotary) and hands ``position`` to :func:`effzoo.ops.attention.attend`, which turns a bias-type
-encoding into a FlexAttention ``score_mod`` on CUDA or a materialised bias elsewhere.
+``MixContext`` carries the token positions, the model's single ``PositionalEncoding`` and the tables
+it prepared once for this forward (RoPE cos/sin) to every block. An attention never asks which
+encoding it has: it calls ``ctx.rotate_queries(q)`` / ``ctx.rotate_keys(k)`` (identity unless rotary)
+and hands ``ctx.position`` to :func:`effzoo.ops.attention.attend`, which turns a bias-type encoding into
+a FlexAttention ``score_mod`` on CUDA or a materialised bias elsewhere.
+
+Every optional capability is a declared member with a default (``Component``): the core calls it, it
+never probes modules with ``getattr``/``hasattr``.
 """
 from __future__ import annotations
 
@@ -20,25 +24,68 @@ import torch
 from torch import Tensor, nn
 
 ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+POSITION_KINDS = ("embedding", "rotary", "bias", "none")
 
 
-class PositionalEncoding(nn.Module, ABC):
+class Component(nn.Module):
+    """Base of every module a plugin contributes (and of their parts with special initialisation).
+
+    The decoder's ``init_weights`` first draws Normal(0, init_std) for every ``nn.Linear`` and
+    ``nn.Embedding`` (zero biases), with std / sqrt(2·layers) for the linear layers a component names in
+    ``residual_projections`` (attribute names of its child modules), then calls every component's
+    ``init_weights`` and finally ``init_buffers``.
+    """
+
+    residual_projections: ClassVar[tuple[str, ...]] = ()
+
+    def init_weights(self) -> None:
+        """Initialise parameters the generic rule does not cover (scales, decays, tables); default none."""
+
+    def init_buffers(self) -> None:
+        """Recompute non-persistent buffers (RoPE frequencies, ALiBi slopes): what a model materialised
+        with ``to_empty`` needs before use; default none."""
+
+    def install_kernels(self, device_type: str) -> list[str]:
+        """Switch this module to fused kernels of ``device_type`` (e.g. "npu") where it has them, keeping
+        the pure-PyTorch path as fallback; return the kernel names installed (default: none)."""
+        return []
+
+
+class PositionalEncoding(Component):
     """Position information. Subclasses override the one place they act; the rest are identities.
 
     - ``embed``: added to token embeddings (absolute / learned absolute).
-    - ``rotate``: applied to queries and keys, shape (B, H, T, D) (RoPE).
+    - ``prepare`` + ``rotate`` (or ``rotate_queries`` / ``rotate_keys`` when they differ, e.g. xPos):
+      applied to queries and keys of shape (B, H, T, D) (RoPE).
     - ``bias`` / ``score_mod``: an additive attention-score bias (ALiBi, learned relative).
+
+    ``kind`` is also declared at registration (``register.add_position(..., kind=...)``) so the other
+    plugins can ask it without building the encoding (``effzoo.plugin.position_kind``).
     """
 
-    kind: ClassVar[str] = "none"  # "embedding" | "rotary" | "bias" | "none"
+    kind: ClassVar[str] = "none"  # one of POSITION_KINDS
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
         """Token embeddings (B, T, d) -> embeddings with position information added."""
         return x
 
-    def rotate(self, x: Tensor, positions: Tensor) -> Tensor:
-        """Queries or keys (B, H, T, D) at absolute ``positions`` (T,) -> rotated copy."""
+    def prepare(self, positions: Tensor) -> Any:
+        """Tables computed once per forward for ``positions`` (T,) and shared by every layer (RoPE cos/sin);
+        the decoder stores them in ``MixContext.tables``. Default None."""
+        return None
+
+    def rotate(self, x: Tensor, positions: Tensor, tables: Any = None) -> Tensor:
+        """Queries or keys (B, H, T, D) at absolute ``positions`` (T,) -> rotated copy (``tables`` is what
+        ``prepare(positions)`` returned, or None to compute them here)."""
         return x
+
+    def rotate_queries(self, q: Tensor, positions: Tensor, tables: Any = None) -> Tensor:
+        """Queries (B, H, T, D); default ``rotate``."""
+        return self.rotate(q, positions, tables)
+
+    def rotate_keys(self, k: Tensor, positions: Tensor, tables: Any = None) -> Tensor:
+        """Keys (B, H, T, D); default ``rotate``."""
+        return self.rotate(k, positions, tables)
 
     def bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor | None:
         """Additive score bias of shape (H, Tq, Tk) for the given absolute positions, or None."""
@@ -59,22 +106,35 @@ class PositionalEncoding(nn.Module, ABC):
         return self.kind == "bias"
 
 
+class NoPositionalEncoding(PositionalEncoding):
+    """The identity encoding of a model whose config selects no position component (attention-free)."""
+
+
 @dataclass
 class MixContext:
     """What every block receives besides its input."""
 
     positions: Tensor  # (T,) absolute positions of this call's tokens
     position: PositionalEncoding
-    backend: str = "auto"  # attention kernel: auto | sdpa | flex | reference
+    backend: str = "auto"  # kernel choice (config ``kernel``): auto | reference | a plugin's own names
     aux_losses: list[Tensor] = field(default_factory=list)  # e.g. MoE balance losses, added to the loss
     stats: dict[str, Any] = field(default_factory=dict)  # per-layer metrics (router entropy, ...)
     carry: dict[str, Any] = field(default_factory=dict)  # tensors a layer hands to later layers of this pass
     # Static-shape decoding (effzoo.model.fast_decode): absolute positions of the keys attention sees,
     # e.g. every slot of a preallocated cache. None: the dynamic layout (queries are the last of the keys).
     kv_positions: Tensor | None = None
+    tables: Any = None  # what position.prepare(positions) returned (None: not prepared, computed per call)
+
+    def rotate_queries(self, q: Tensor) -> Tensor:
+        """Queries (B, H, T, D) of this call's tokens with position information applied."""
+        return self.position.rotate_queries(q, self.positions, self.tables)
+
+    def rotate_keys(self, k: Tensor) -> Tensor:
+        """Keys (B, H, T, D) of this call's tokens with position information applied."""
+        return self.position.rotate_keys(k, self.positions, self.tables)
 
 
-class Attention(nn.Module, ABC):
+class Attention(Component, ABC):
     """Token mixing by attention: (B, T, d_model) -> (B, T, d_model), with a cache for decoding."""
 
     @abstractmethod
@@ -89,6 +149,10 @@ class Attention(nn.Module, ABC):
     def cache_bytes_per_token(self, bytes_per_value: int = 2) -> int:
         """Bytes this layer caches per decoded token (what MLA shrinks)."""
 
+    def state_bytes(self, bytes_per_value: int = 2) -> int:
+        """Cache bytes per sequence that do not grow with length (e.g. NSA's partial compression block)."""
+        return 0
+
     def extra_flops_per_token(self, seq_len: int) -> float:
         """Forward FLOPs per token beyond 2 x parameters (score and value products)."""
         return 0.0
@@ -99,7 +163,23 @@ class Attention(nn.Module, ABC):
         return False
 
 
-class MixerBlock(nn.Module, ABC):
+class FeedForward(Component, ABC):
+    """The per-token network of a block: (B, T, d_model) -> (B, T, d_model)."""
+
+    @abstractmethod
+    def forward(self, x: Tensor, ctx: MixContext | None = None) -> Tensor:
+        """Transform ``x``; an FFN may add auxiliary losses and stats to ``ctx`` (MoE)."""
+
+    def inactive_params(self) -> int:
+        """Parameters a single token does not use (the experts it is not routed to); 0 for dense FFNs."""
+        return 0
+
+    def supports_static_decode(self) -> bool:
+        """True if it has static shapes and no host sync (safe inside a captured decoding step)."""
+        return False
+
+
+class MixerBlock(Component, ABC):
     """One residual layer of the model: a transformer block, a Mamba block, an RWKV block, ...
 
     ``state`` is None for training/prefill without a cache; during decoding it is what
@@ -148,7 +228,7 @@ class Routing:
     stats: dict[str, Tensor] = field(default_factory=dict)  # detached metrics, e.g. tokens_per_expert
 
 
-class Router(nn.Module, ABC):
+class Router(Component, ABC):
     """Assigns each token to ``top_k`` of ``n_experts`` experts."""
 
     n_experts: int

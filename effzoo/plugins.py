@@ -6,14 +6,19 @@ recorded (with its distribution and version) and effzoo keeps working, unless st
 
 Environment variables:
 - ``EFFZOO_DISABLE_PLUGIN_AUTOLOAD=1``: load only effzoo's built-ins, no third-party plugins.
-- ``EFFZOO_BLOCK_PLUGINS=a,b``: skip plugins by entry-point name or distribution name.
+- ``EFFZOO_BLOCK_PLUGINS=a,b``: skip plugins by entry-point name or distribution name (compared
+  PEP 503-normalised: ``Effzoo_Example.Plugin`` matches ``effzoo-example-plugin``).
 - ``EFFZOO_STRICT_PLUGINS=1``: raise PluginError on the first plugin that fails.
+
+The entry points are the one list of built-ins: when effzoo's own are missing (a source tree that
+was never pip-installed) loading stops with a PluginError that says how to install it.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.metadata as metadata
 import os
+import re
 import traceback
 import warnings
 from dataclasses import dataclass
@@ -63,26 +68,27 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def normalize_name(name: str) -> str:
+    """PEP 503 normalisation: lower case, runs of ``-``, ``_`` and ``.`` become one ``-``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _env_list(name: str) -> set[str]:
-    return {item.strip() for item in os.environ.get(name, "").split(",") if item.strip()}
+    return {normalize_name(item.strip()) for item in os.environ.get(name, "").split(",") if item.strip()}
 
 
 def _candidates() -> list[_Candidate]:
-    """Entry points of group ``effzoo``; effzoo's built-in list when effzoo itself is not installed."""
+    """Entry points of group ``effzoo`` (effzoo's built-ins are entry points of its own distribution)."""
     found = []
     for ep in metadata.entry_points(group=GROUP):
         dist = ep.dist.name if ep.dist is not None else "?"
         version = ep.dist.version if ep.dist is not None else "?"
         found.append(_Candidate(ep.name, ep.value.split(":")[0], dist, version))
-    if not any(c.distribution.lower() == OWN_DISTRIBUTION for c in found):
-        from effzoo_plugins import BUILTINS
-
-        warnings.warn(
-            "effzoo's entry points were not found (running from a source tree that is not pip-installed?); "
-            "loading the built-in plugins from effzoo_plugins.BUILTINS. Run `pip install -e .` to fix.",
-            stacklevel=3,
+    if not any(normalize_name(c.distribution) == OWN_DISTRIBUTION for c in found):
+        raise PluginError(
+            "effzoo's built-in plugins are entry points of the effzoo distribution, and none were found: "
+            "effzoo is running from a source tree that is not installed. Run `pip install -e .` in it."
         )
-        found = [_Candidate(n, m, OWN_DISTRIBUTION, "source") for n, m in BUILTINS.items()] + found
     return found
 
 
@@ -96,10 +102,13 @@ def load_plugins(registry: "Registry", strict: bool | None = None) -> list[Plugi
     manager = pluggy.PluginManager(GROUP)
     manager.add_hookspecs(hookspecs)
     reports: list[PluginReport] = []
-    candidates = sorted(_candidates(), key=lambda c: (c.distribution.lower() != OWN_DISTRIBUTION, c.name))
+    candidates = sorted(_candidates(), key=lambda c: (normalize_name(c.distribution) != OWN_DISTRIBUTION, c.name))
     for cand in candidates:
-        builtin = cand.distribution.lower() == OWN_DISTRIBUTION
-        if (not builtin and not third_party_allowed) or {cand.name, cand.distribution} & blocked:
+        builtin = normalize_name(cand.distribution) == OWN_DISTRIBUTION
+        if not builtin and not third_party_allowed:
+            continue
+        if {normalize_name(cand.name), normalize_name(cand.distribution)} & blocked:
+            registry.blocked.append(f"{cand.name} ({cand.distribution})")
             continue
         report = PluginReport(cand.name, cand.module, cand.distribution, cand.version, builtin)
         reports.append(report)
@@ -107,19 +116,35 @@ def load_plugins(registry: "Registry", strict: bool | None = None) -> list[Plugi
             module = cand.load()
             manager.register(module, name=cand.name)
             manager.check_pending()
-            impls = [i for i in manager.hook.effzoo_register.get_hookimpls() if i.plugin_name == cand.name]
-            if not impls:
+            registrar = Registrar(registry, cand.name, cand.distribution, cand.version)
+            others = [plugin for name, plugin in manager.list_name_plugin() if name != cand.name]
+            caller = manager.subset_hook_caller("effzoo_register", remove_plugins=others)
+            if not caller.get_hookimpls():
                 raise PluginError(f"module {cand.module} defines no effzoo_register hook")
-            registrar = Registrar(registry, cand.name)
-            for impl in impls:
-                impl.function(register=registrar)
+            caller(register=registrar)
             registrar.commit()
         except Exception as exc:  # a broken plugin must not break effzoo
             if manager.get_plugin(cand.name) is not None:
                 manager.unregister(name=cand.name)
-            report.error = f"{type(exc).__name__}: {exc}"
-            message = f"effzoo plugin {cand.name!r} from {cand.distribution} {cand.version} failed to load: {report.error}"
-            if strict:
-                raise PluginError(message + "\n" + traceback.format_exc()) from exc
-            warnings.warn(message + " (set EFFZOO_STRICT_PLUGINS=1 to raise)", stacklevel=2)
+            _fail(report, exc, strict)
+    _reject_bad_references(registry, reports, strict)
     return reports
+
+
+def _fail(report: PluginReport, exc: BaseException, strict: bool) -> None:
+    report.error = f"{type(exc).__name__}: {exc}"
+    message = f"effzoo plugin {report.name!r} from {report.distribution} {report.version} failed to load: {report.error}"
+    if strict:
+        trace = "".join(traceback.format_exception(exc)) if exc.__traceback__ is not None else ""
+        raise PluginError(f"{message}\n{trace}".rstrip()) from exc
+    warnings.warn(message + " (set EFFZOO_STRICT_PLUGINS=1 to raise)", stacklevel=3)
+
+
+def _reject_bad_references(registry: "Registry", reports: list[PluginReport], strict: bool) -> None:
+    """Withdraw plugins whose registrations name what nobody registered (a size family), one at a time
+    until the rest is consistent, so the plugin at fault is reported and the others keep working."""
+    by_name = {r.name: r for r in reports}
+    while problems := registry.reference_errors():
+        plugin, why = next(iter(problems.items()))
+        registry.remove_plugin(plugin)
+        _fail(by_name[plugin], PluginError(why), strict)

@@ -1,8 +1,11 @@
-"""Registered variants (model recipes), components (attention, position, block, ffn, router) and sizes.
+"""Registered variants (model recipes), components (attention, position, block, ffn, router, norm),
+size families and benchmark suites.
 
 Plugins never touch the tables directly: the ``effzoo_register`` hook receives a :class:`Registrar`
 whose additions are staged and committed only when the plugin's hook returns, so a plugin that
-fails half-way leaves nothing behind.
+fails half-way leaves nothing behind. After every plugin committed, :meth:`Registry.check_references`
+rejects the plugins whose variants name a size family nobody registered, so one bad plugin never
+breaks the others.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from typing import Any
 from .errors import ConfigError, PluginError, UnknownNameError, unknown_keys_error
 
 COMPONENT_KINDS = ("attention", "position", "block", "ffn", "router", "norm")
+POSITION_KINDS = ("embedding", "rotary", "bias", "none")
+NOT_USED = "none"  # the value of an optional kind (e.g. ``ffn="none"``) that the model leaves out
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,16 @@ class ComponentSpec:
     aliases: tuple[str, ...] = ()
     capabilities: Capabilities = Capabilities()
     plugin: str = ""
+    uses: dict[str, str | None] = field(default_factory=dict)  # kind -> default name (None: optional, off)
+    position_kind: str = ""  # positions only: embedding | rotary | bias | none
+    option_specs: dict[str, Any] = field(default_factory=dict)  # option -> effzoo.settings.Setting (range/type)
+    distribution: str = ""
+    version: str = ""
+
+    @property
+    def provider(self) -> str:
+        """``distribution version`` of the package that registered it (what to install)."""
+        return f"{self.distribution} {self.version}".strip()
 
     def load(self) -> Callable[..., Any]:
         """The factory, importing ``"module:attr"`` strings on first use (keeps ``import effzoo`` light)."""
@@ -72,6 +87,80 @@ class VariantSpec:
     aliases: tuple[str, ...] = ()
     capabilities: Capabilities = Capabilities()
     plugin: str = ""
+    baseline: bool = False  # the variant commands use when none is named (``effzoo train``)
+    base: str = ""  # a variant whose defaults apply first (this one's override them)
+    distribution: str = ""
+    version: str = ""
+
+    @property
+    def provider(self) -> str:
+        """``distribution version`` of the package that registered it (what to install)."""
+        return f"{self.distribution} {self.version}".strip()
+
+
+@dataclass(frozen=True)
+class SuiteRow:
+    """One method of a benchmark group: its display name, variant, overrides and place in the table."""
+
+    suite: str
+    method: str
+    variant: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    order: float = 0.0
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    """A benchmark group: its place among the groups, default sizes, and an optional ``pairing``
+    callable ``(sizes or None) -> [(method, variant, size)]`` that replaces the rows-times-sizes grid."""
+
+    name: str
+    default_sizes: tuple[str, ...]
+    order: float = 0.0
+    pairing: Callable[[list[str] | None], list[tuple[str, str, str]]] | None = None
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """An ``override=True`` registration that replaced an entry of another plugin."""
+
+    kind: str
+    name: str
+    old: str  # "plugin (distribution version)" of the replaced entry
+    new: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name!r} of {self.old} replaced by {self.new}"
+
+
+@dataclass
+class CheckpointFormat:
+    """A foreign checkpoint layout registered by the plugin that owns the parameters it maps (like
+    torchtitan's state_dict adapters): transformers ``model_type`` -> effzoo config and tensors.
+
+    ``to_config(hf_config) -> ModelConfig`` and ``to_state_dict(cursor, config) -> {name: tensor}``
+    (``cursor``: an ``effzoo.plugin.TensorCursor`` over the checkpoint) may be ``"module:attr"`` strings,
+    imported on first use.
+    """
+
+    model_type: str
+    to_config: Callable[..., Any] | str
+    to_state_dict: Callable[..., Any] | str
+    description: str = ""
+    plugin: str = ""
+
+    def load(self, which: str) -> Callable[..., Any]:
+        """``to_config`` or ``to_state_dict``, importing a ``"module:attr"`` string."""
+        target = getattr(self, which)
+        if callable(target):
+            return target
+        module_name, _, attr = target.partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise PluginError(f"checkpoint format {self.model_type!r} (plugin {self.plugin}) cannot load {target!r}: {exc}") from exc
 
 
 def _natural_key(name: str) -> list[Any]:
@@ -85,25 +174,77 @@ class Registry:
         self.variants: dict[str, VariantSpec] = {}
         self.components: dict[str, dict[str, ComponentSpec]] = {k: {} for k in COMPONENT_KINDS}
         self.sizes: dict[str, dict[str, dict[str, Any]]] = {}
+        self.size_owners: dict[str, str] = {}  # family -> plugin that registered it first
+        self.suites: dict[str, SuiteSpec] = {}
+        self.suite_rows: list[SuiteRow] = []
+        self.checkpoint_formats: dict[str, CheckpointFormat] = {}  # transformers model_type -> its mapping
         self.aliases: dict[str, dict[str, str]] = {"variant": {}, **{k: {} for k in COMPONENT_KINDS}}
+        self.replacements: list[Replacement] = []
+        self.blocked: list[str] = []  # "name (distribution)" of plugins skipped by EFFZOO_BLOCK_PLUGINS
         self.reports: list[Any] = []
         self._loaded = False
         self._lock = threading.RLock()
 
     # -- loading ---------------------------------------------------------------------------
     def ensure_loaded(self) -> "Registry":
-        """Load the plugins once (lazily, on first use)."""
+        """Load the plugins once (lazily, on first use). If loading raises (strict mode), the tables are
+        emptied again, so a later call loads (and raises) again instead of returning half a registry."""
         if not self._loaded:
             with self._lock:
                 if not self._loaded:
                     from .plugins import load_plugins
 
+                    try:
+                        self.reports = load_plugins(self)
+                    except BaseException:
+                        self.clear()
+                        raise
                     self._loaded = True
-                    self.reports = load_plugins(self)
         return self
+
+    def clear(self) -> None:
+        """Forget everything registered (the state before plugins load)."""
+        self.__init__()  # type: ignore[misc]
 
     def plugin_names(self) -> list[str]:
         return [r.name for r in self.reports if r.error is None]
+
+    def _unknown(self, kind: str, name: str, available: Iterable[str]) -> UnknownNameError:
+        error = UnknownNameError(kind, name, available, self.plugin_names())
+        if self.blocked:
+            error.args = (f"{error.args[0]} Blocked by EFFZOO_BLOCK_PLUGINS: {', '.join(self.blocked)}.",)
+        return error
+
+    def remove_plugin(self, plugin: str) -> None:
+        """Withdraw everything ``plugin`` registered (a plugin rejected after it committed)."""
+        self.variants = {k: v for k, v in self.variants.items() if v.plugin != plugin}
+        for kind in COMPONENT_KINDS:
+            self.components[kind] = {k: c for k, c in self.components[kind].items() if c.plugin != plugin}
+        for kind, table in self.aliases.items():
+            targets = self.variants if kind == "variant" else self.components[kind]
+            self.aliases[kind] = {a: n for a, n in table.items() if n in targets}
+        for family in [f for f, owner in self.size_owners.items() if owner == plugin]:
+            del self.sizes[family], self.size_owners[family]
+        self.suites = {k: s for k, s in self.suites.items() if s.plugin != plugin}
+        self.suite_rows = [r for r in self.suite_rows if r.plugin != plugin]
+        self.checkpoint_formats = {k: f for k, f in self.checkpoint_formats.items() if f.plugin != plugin}
+
+    def reference_errors(self) -> dict[str, str]:
+        """plugin -> why its registrations are invalid: a variant naming a size family nobody registered,
+        or a suite row naming a variant that does not exist."""
+        problems: dict[str, str] = {}
+        for spec in self.variants.values():
+            if spec.base and spec.base not in self.variants and spec.base not in self.aliases["variant"]:
+                problems.setdefault(spec.plugin, (
+                    f"variant {spec.name!r} builds on variant {spec.base!r}, which no plugin registers"
+                    + (f" (blocked: {', '.join(self.blocked)})" if self.blocked else "")
+                ))
+            elif spec.family and spec.family not in self.sizes:
+                problems.setdefault(spec.plugin, (
+                    f"variant {spec.name!r} names size family {spec.family!r}, which no plugin registers "
+                    f"(registered: {', '.join(sorted(self.sizes)) or 'none'})"
+                ))
+        return problems
 
     # -- lookups ---------------------------------------------------------------------------
     def canonical(self, kind: str, name: str) -> str:
@@ -117,10 +258,23 @@ class Registry:
             return key
         if key in self.aliases[kind]:
             return self.aliases[kind][key]
-        raise UnknownNameError(kind, name, list(table) + list(self.aliases[kind]), self.plugin_names())
+        raise self._unknown(kind, name, list(table) + list(self.aliases[kind]))
 
     def variant(self, name: str) -> VariantSpec:
         return self.variants[self.canonical("variant", name)]
+
+    def variant_chain(self, name: str) -> list[VariantSpec]:
+        """The variant and its ``base`` variants, the innermost base first."""
+        chain = [self.variant(name)]
+        while chain[-1].base:
+            if len(chain) > 16:
+                raise ConfigError(f"variant {name!r}: base variants form a cycle")
+            chain.append(self.variant(chain[-1].base))
+        return chain[::-1]
+
+    def family(self, name: str) -> str:
+        """The size family of variant ``name`` (inherited from its base when it names none)."""
+        return next(s.family for s in reversed(self.variant_chain(name)) if s.family)
 
     def component(self, kind: str, name: str) -> ComponentSpec:
         return self.components[kind][self.canonical(kind, name)]
@@ -128,8 +282,21 @@ class Registry:
     def size_table(self, family: str) -> dict[str, dict[str, Any]]:
         self.ensure_loaded()
         if family not in self.sizes:
-            raise UnknownNameError("size family", family, self.sizes, self.plugin_names())
+            raise self._unknown("size family", family, self.sizes)
         return self.sizes[family]
+
+    def baseline(self) -> str:
+        """The variant flagged ``baseline=True`` (alphabetically first if several), else the first one."""
+        self.ensure_loaded()
+        flagged = [n for n in self.names("variant") if self.variants[n].baseline]
+        names = flagged or self.names("variant")
+        if not names:
+            raise ConfigError("no variant is registered (see `effzoo plugins`)")
+        return names[0]
+
+    def position_kind(self, name: str) -> str:
+        """The kind (embedding, rotary, bias, none) that registered position ``name`` declares."""
+        return self.component("position", name).position_kind
 
     def names(self, kind: str = "variant") -> list[str]:
         self.ensure_loaded()
@@ -163,32 +330,44 @@ class Registry:
 
 
 class Registrar:
-    """What a plugin's ``effzoo_register(register)`` hook receives. Additions are staged per plugin."""
+    """What a plugin's ``effzoo_register(register)`` hook receives. Additions are staged per plugin and
+    applied all together (or not at all) by :meth:`commit`."""
 
-    def __init__(self, registry: Registry, plugin: str) -> None:
+    def __init__(self, registry: Registry, plugin: str, distribution: str = "", version: str = "") -> None:
         self._registry = registry
         self.plugin = plugin
+        self.distribution, self.version = distribution, version
         self._variants: list[tuple[VariantSpec, bool]] = []
         self._components: list[tuple[ComponentSpec, bool]] = []
         self._sizes: list[tuple[str, dict[str, dict[str, Any]], bool]] = []
+        self._suites: list[SuiteSpec] = []
+        self._rows: list[SuiteRow] = []
+        self._formats: list[Any] = []
 
     def add_variant(
         self,
         name: str,
         *,
-        family: str,
+        family: str = "",
         description: str,
         defaults: dict[str, Any] | None = None,
+        base: str = "",
         group: str = "",
         aliases: Iterable[str] = (),
         capabilities: Capabilities | None = None,
+        baseline: bool = False,
         override: bool = False,
     ) -> None:
-        """Register a model recipe: ``defaults`` are config fields/options set over the size preset."""
+        """Register a model recipe: ``defaults`` are config fields/options set over the size preset
+        (values may be callables of the values chosen so far), after those of variant ``base`` if given
+        (``family`` then defaults to the base's); ``baseline`` marks the default variant."""
+        if not family and not base:
+            raise PluginError(f"plugin {self.plugin}: variant {name!r} needs family= or base=")
         spec = VariantSpec(
             name=_key(name), family=family, description=description, defaults=dict(defaults or {}),
-            group=group, aliases=tuple(_key(a) for a in aliases),
-            capabilities=capabilities or Capabilities(), plugin=self.plugin,
+            group=group, aliases=tuple(_key(a) for a in aliases), capabilities=capabilities or Capabilities(),
+            plugin=self.plugin, baseline=baseline, base=_key(base) if base else "",
+            distribution=self.distribution, version=self.version,
         )
         self._variants.append((spec, override))
 
@@ -202,25 +381,44 @@ class Registrar:
         options: dict[str, Any] | None = None,
         aliases: Iterable[str] = (),
         capabilities: Capabilities | None = None,
+        uses: dict[str, str | None] | None = None,
+        position_kind: str = "",
         override: bool = False,
     ) -> None:
         """Register a component; ``factory`` may be ``"module:attr"`` so heavy imports wait for build time.
 
-        ``options`` maps the plugin-specific config keys it accepts to their defaults.
+        ``options`` maps the plugin-specific config keys it accepts to their defaults, or to an
+        :class:`effzoo.config.Option` carrying the default with its type and range. ``uses`` maps the
+        component kinds it builds from to their default names (None: optional, absent unless chosen).
         """
+        from .config import Option
+
         if kind not in COMPONENT_KINDS:
             raise PluginError(f"plugin {self.plugin}: unknown component kind {kind!r}; kinds: {', '.join(COMPONENT_KINDS)}")
+        bad_uses = set(uses or {}) - set(COMPONENT_KINDS)
+        if bad_uses:
+            raise PluginError(f"plugin {self.plugin}: {kind} {name!r} uses unknown kind(s) {sorted(bad_uses)}")
+        if kind == "position" and position_kind not in POSITION_KINDS:
+            raise PluginError(
+                f"plugin {self.plugin}: position {name!r} must declare position_kind= one of {', '.join(POSITION_KINDS)}"
+            )
+        options = dict(options or {})
+        specs = {key: value for key, value in options.items() if isinstance(value, Option)}
         spec = ComponentSpec(
-            kind=kind, name=_key(name), factory=factory, description=description, options=dict(options or {}),
+            kind=kind, name=_key(name), factory=factory, description=description,
+            options={key: value.default if isinstance(value, Option) else value for key, value in options.items()},
             aliases=tuple(_key(a) for a in aliases), capabilities=capabilities or Capabilities(), plugin=self.plugin,
+            uses={k: (None if v is None else _key(v)) for k, v in (uses or {}).items()},
+            position_kind=position_kind, option_specs=specs, distribution=self.distribution, version=self.version,
         )
         self._components.append((spec, override))
 
     def add_attention(self, name: str, factory: Callable[..., Any] | str, **kw: Any) -> None:
         self.add_component("attention", name, factory, **kw)
 
-    def add_position(self, name: str, factory: Callable[..., Any] | str, **kw: Any) -> None:
-        self.add_component("position", name, factory, **kw)
+    def add_position(self, name: str, factory: Callable[..., Any] | str, *, kind: str, **kw: Any) -> None:
+        """Register a position encoding of ``kind`` (embedding, rotary, bias or none)."""
+        self.add_component("position", name, factory, position_kind=kind, **kw)
 
     def add_block(self, name: str, factory: Callable[..., Any] | str, **kw: Any) -> None:
         self.add_component("block", name, factory, **kw)
@@ -231,12 +429,36 @@ class Registrar:
     def add_router(self, name: str, factory: Callable[..., Any] | str, **kw: Any) -> None:
         self.add_component("router", name, factory, **kw)
 
+    def add_norm(self, name: str, factory: Callable[..., Any] | str, **kw: Any) -> None:
+        self.add_component("norm", name, factory, **kw)
+
     def add_sizes(self, family: str, presets: dict[str, dict[str, Any]], *, override: bool = False) -> None:
         """Register (or extend) a size family: size name -> config fields. Names go through parse_size."""
         from .sizes import parse_size
 
         normalised = {str(parse_size(size)): dict(values) for size, values in presets.items()}
         self._sizes.append((family, normalised, override))
+
+    def add_suite(
+        self, name: str, *, default_sizes: Iterable[str], order: float,
+        pairing: Callable[[list[str] | None], list[tuple[str, str, str]]] | None = None,
+    ) -> None:
+        """Declare a benchmark group (``effzoo bench --suite NAME``) placed by ``order`` among the groups."""
+        self._suites.append(SuiteSpec(name, tuple(default_sizes), order, pairing, self.plugin))
+
+    def add_suite_method(
+        self, suite: str, method: str, variant: str, *, order: float, overrides: dict[str, Any] | None = None,
+    ) -> None:
+        """Add a row ``method`` (built as ``variant`` with ``overrides``) to a benchmark group, placed by ``order``."""
+        self._rows.append(SuiteRow(suite, method, _key(variant), dict(overrides or {}), order, self.plugin))
+
+    def add_checkpoint_format(
+        self, model_type: str, *, to_config: Callable[..., Any] | str, to_state_dict: Callable[..., Any] | str,
+        description: str = "",
+    ) -> None:
+        """Register how a transformers checkpoint of ``model_type`` maps onto effzoo (see CheckpointFormat);
+        ``effzoo.hf.import_checkpoint`` then reads it."""
+        self._formats.append(CheckpointFormat(model_type, to_config, to_state_dict, description, self.plugin))
 
     # -- commit ----------------------------------------------------------------------------
     def commit(self) -> None:
@@ -253,16 +475,36 @@ class Registrar:
                     f"plugin {self.plugin}: size(s) {sorted(clash)} of family {family!r} already registered; "
                     "pass override=True to replace them"
                 )
+        for suite in self._suites:
+            if suite.name in reg.suites:
+                raise PluginError(f"plugin {self.plugin}: suite {suite.name!r} is already declared by {reg.suites[suite.name].plugin}")
+        for fmt in self._formats:
+            if fmt.model_type in reg.checkpoint_formats:
+                raise PluginError(f"plugin {self.plugin}: checkpoint format {fmt.model_type!r} is already registered")
+        me = f"{self.plugin} ({self.distribution} {self.version})".replace(" ()", "")
         for spec, _ in self._variants:
+            self._note_replacement("variant", spec.name, reg.variants, me)
             reg.variants[spec.name] = spec
             for alias in spec.aliases:
                 reg.aliases["variant"][alias] = spec.name
         for spec, _ in self._components:
+            self._note_replacement(spec.kind, spec.name, reg.components[spec.kind], me)
             reg.components[spec.kind][spec.name] = spec
             for alias in spec.aliases:
                 reg.aliases[spec.kind][alias] = spec.name
         for family, presets, _ in self._sizes:
+            reg.size_owners.setdefault(family, self.plugin)
             reg.sizes.setdefault(family, {}).update(presets)
+        reg.suites.update({suite.name: suite for suite in self._suites})
+        reg.suite_rows.extend(self._rows)
+        reg.checkpoint_formats.update({fmt.model_type: fmt for fmt in self._formats})
+
+    def _note_replacement(self, kind: str, name: str, table: dict[str, Any], me: str) -> None:
+        old = table.get(name)
+        if old is not None and old.plugin != self.plugin:
+            self._registry.replacements.append(
+                Replacement(kind, name, f"{old.plugin} ({old.provider})" if old.provider else old.plugin, me)
+            )
 
     def _check_clash(self, kind: str, name: str, aliases: tuple[str, ...], table: dict[str, Any], override: bool) -> None:
         if override:

@@ -30,9 +30,16 @@ def canonical_count(n_params: float) -> str:
 
 
 def parse_size(size: str | SizeSpec) -> SizeSpec:
-    """Normalise a size string. Raises ConfigError on anything unparsable."""
+    """Normalise a size string. Raises ConfigError on anything unparsable (an expert count below 1 too)."""
     if isinstance(size, SizeSpec):
         return size
+    parsed = _parse(size)
+    if parsed.experts < 1:
+        raise ConfigError(f"size {size!r} has {parsed.experts} experts: the expert count must be at least 1, e.g. '0.5Bx8'")
+    return parsed
+
+
+def _parse(size: str) -> SizeSpec:
     text = str(size).strip()
     base, _, experts = text.lower().partition("x")
     if base in _NAMED:

@@ -1,21 +1,17 @@
 """Multi-head attention with grouped keys/values: MHA (groups = heads), GQA (Qwen2.5), MQA (one KV head)."""
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
-from effzoo.cache import KVCache
-from effzoo.config import ModelConfig
-from effzoo.hookspecs import hookimpl
-from effzoo.interfaces import Attention, MixContext
-from effzoo.ops.attention import attend
-from effzoo.registry import Capabilities
+from effzoo import plugin
+from effzoo.plugin import Attention, Capabilities, KVCache, MixContext, ModelConfig, attend
 
 
 class GroupedQueryAttention(Attention):
     """Fused QKV projection, position rotation, cached keys/values, fused attention kernel."""
+
+    residual_projections = ("out_proj",)
 
     def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
@@ -31,7 +27,7 @@ class GroupedQueryAttention(Attention):
         q = q.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
         k = k.view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = ctx.position.rotate(q, ctx.positions), ctx.position.rotate(k, ctx.positions)
+        q, k = ctx.rotate_queries(q), ctx.rotate_keys(k)
         static = ctx.kv_positions is not None  # static-shape decoding: whole cache, device positions
         if cache is not None:
             k, v = cache.write(k, v, positions=ctx.positions) if static else cache.append(k, v)
@@ -57,8 +53,8 @@ def gqa(cfg: ModelConfig, layer: int = 0) -> GroupedQueryAttention:
     return GroupedQueryAttention(cfg, layer)
 
 
-@hookimpl
-def effzoo_register(register: Any) -> None:
+@plugin.hookimpl
+def effzoo_register(register: plugin.Registrar) -> None:
     register.add_attention(
         "gqa", gqa, aliases=["mha", "mqa", "grouped"],
         capabilities=Capabilities(fast_path="sdpa/flex"),

@@ -20,16 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from effzoo.cache import TokenCache
-from effzoo.config import ModelConfig
-from effzoo.errors import ConfigError
-from effzoo.hookspecs import hookimpl
-from effzoo.interfaces import Attention, MixContext
-from effzoo.model.parts import make_norm
-from effzoo.ops.attention import attend
-from effzoo.registry import Capabilities
-from effzoo_plugins.positions import position_kind
-from effzoo_plugins.transformer import kv_head_per_query_head
+from effzoo import plugin
+from effzoo.plugin import (
+    Attention, Capabilities, ConfigError, MixContext, ModelConfig, TokenCache, attend, make_norm, position_kind,
+)
 
 QK_NOPE_HEAD_DIM = 64
 QK_ROPE_HEAD_DIM = 64
@@ -46,6 +40,7 @@ MLA_OPTIONS: dict[str, Any] = {
     "mla_pad_v": "auto",
 }
 
+QWEN25_MLA = {"block": "transformer", "position": "rope", "attention": "mla"}
 DEEPSEEK_V2 = dict(kv_lora_rank=512, q_lora_rank=1536, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128)
 
 
@@ -146,6 +141,8 @@ def equalise_head_dims(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor,
 class MultiHeadLatentAttention(Attention):
     """MLA with optional low-rank queries, a shared decoupled RoPE key and an absorbed decoding path."""
 
+    residual_projections = ("out_proj",)
+
     def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.dims = dims = MLADims.from_config(cfg)
@@ -170,12 +167,12 @@ class MultiHeadLatentAttention(Attention):
         q = self.q_proj(x) if self.dims.q_lora_rank is None else self.q_up(self.q_norm(self.q_down(x)))
         q = q.view(batch, length, self.dims.n_heads, self.dims.qk).transpose(1, 2)
         q_nope, q_rope = q.split([self.dims.nope, self.dims.rope], dim=-1)
-        return q_nope, ctx.position.rotate(q_rope, ctx.positions)
+        return q_nope, ctx.rotate_queries(q_rope)
 
     def _compress(self, x: Tensor, ctx: MixContext) -> Tensor:
         """(B, T, d) -> cache entries (B, 1, T, kv_lora_rank + rope): normalised latent, rotated shared key."""
         latent, k_rope = self.kv_down(x).unsqueeze(1).split([self.dims.kv_lora_rank, self.dims.rope], dim=-1)
-        return torch.cat((self.kv_norm(latent), ctx.position.rotate(k_rope, ctx.positions)), dim=-1)
+        return torch.cat((self.kv_norm(latent), ctx.rotate_keys(k_rope)), dim=-1)
 
     def _up_weights(self) -> tuple[Tensor, Tensor]:
         """W_UK (H, nope, kv_lora_rank) and W_UV (H, v, kv_lora_rank), views of ``kv_up.weight``."""
@@ -247,22 +244,24 @@ def mla(cfg: ModelConfig, layer: int = 0) -> MultiHeadLatentAttention:
     return MultiHeadLatentAttention(cfg, layer)
 
 
-@hookimpl
-def effzoo_register(register: Any) -> None:
+@plugin.hookimpl
+def effzoo_register(register: plugin.Registrar) -> None:
     register.add_attention(
         "mla", mla, options=MLA_OPTIONS, aliases=["latent", "multi_head_latent"],
         capabilities=Capabilities(fast_path="sdpa/flex"),
+        uses={"norm": "rmsnorm"},
         description="Multi-head latent attention: low-rank joint KV latent + shared RoPE key (DeepSeek-V2)",
     )
     register.add_variant(
         "mla", family="qwen2.5", group="attention",
-        defaults={"attention": "mla", "n_kv_heads": kv_head_per_query_head},
+        defaults={**QWEN25_MLA, "n_kv_heads": plugin.one_kv_head_per_query_head},
         capabilities=Capabilities(fast_path="sdpa/flex"),
         description="Multi-head latent attention, EfficientLLM dims: latent d_model/8, qk 64 nope + 64 rope (DeepSeek-V2)",
     )
     register.add_variant(
         "mla_dsv2", family="qwen2.5", group="attention", aliases=["mla_deepseek_v2"],
-        defaults={"attention": "mla", "n_kv_heads": kv_head_per_query_head, **DEEPSEEK_V2},
+        defaults={**QWEN25_MLA, "n_kv_heads": plugin.one_kv_head_per_query_head, **DEEPSEEK_V2},
         capabilities=Capabilities(fast_path="sdpa/flex"),
         description="MLA with DeepSeek-V2's dims: latent 512, q rank 1536, qk 128 nope + 64 rope, v 128",
     )
+    register.add_suite_method("attention", "MLA", "mla", order=2)

@@ -1,18 +1,17 @@
 """Dense feed-forward networks: SwiGLU (Qwen2.5 / Llama) and GELU MLP (GPT-NeoX / Pythia)."""
 from __future__ import annotations
 
-from typing import Any
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from effzoo.config import ModelConfig
-from effzoo.hookspecs import hookimpl
-from effzoo.interfaces import MixContext
+from effzoo import plugin
+from effzoo.plugin import FeedForward, MixContext, ModelConfig
 
 
-class SwiGLU(nn.Module):
+class SwiGLU(FeedForward):
     """down(silu(gate(x)) * up(x)), gate and up fused into one projection."""
+
+    residual_projections = ("down_proj",)
 
     def __init__(self, d_model: int, hidden: int, bias: bool = False) -> None:
         super().__init__()
@@ -29,8 +28,10 @@ class SwiGLU(nn.Module):
         return True
 
 
-class GeluMLP(nn.Module):
+class GeluMLP(FeedForward):
     """down(gelu(up(x))) with biases, as GPT-NeoX."""
+
+    residual_projections = ("down_proj",)
 
     def __init__(self, d_model: int, hidden: int, bias: bool = True) -> None:
         super().__init__()
@@ -55,7 +56,7 @@ def gelu(cfg: ModelConfig, layer: int = 0) -> GeluMLP:
     return GeluMLP(cfg.d_model, cfg.ffn_hidden, cfg.mlp_bias)
 
 
-@hookimpl
-def effzoo_register(register: Any) -> None:
+@plugin.hookimpl
+def effzoo_register(register: plugin.Registrar) -> None:
     register.add_ffn("swiglu", swiglu, description="SwiGLU feed-forward (Shazeer 2020), Qwen2.5 default")
     register.add_ffn("gelu", gelu, aliases=["mlp"], description="Two-layer GELU MLP (GPT-NeoX)")

@@ -1,7 +1,8 @@
 """GPT-NeoX / Pythia (transformers ``GPTNeoXForCausalLM``) -> effzoo ``pythia``.
 
 GPT-NeoX's ``query_key_value`` interleaves per head, rows ordered (head, [q|k|v], head_dim);
-effzoo's ``qkv_proj`` stores all queries, then all keys, then all values.
+effzoo's ``qkv_proj`` stores all queries, then all keys, then all values. The checkpoint format of the
+pythia plugin; imported only when a GPT-NeoX checkpoint is read.
 """
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ from typing import Any
 
 from torch import Tensor
 
-from ..build import make_config
-from ..config import ModelConfig
-from .checkpoint import TensorCursor
-from .importers import rope_settings, unsupported
+from effzoo import make_config
+from effzoo.plugin import ModelConfig, TensorCursor, rope_settings
+from effzoo.plugin import unsupported_checkpoint as unsupported
 
 MODEL_TYPE = "gpt_neox"
 IGNORED = (r"attention\.bias$", r"attention\.masked_bias$", r"rotary_emb\.inv_freq$")

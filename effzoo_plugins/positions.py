@@ -9,24 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from effzoo.config import ModelConfig
-from effzoo.errors import ConfigError
-from effzoo.hookspecs import hookimpl
-from effzoo.interfaces import PositionalEncoding, ScoreMod
-from effzoo.registry import REGISTRY
+from effzoo import plugin
+from effzoo.plugin import ConfigError, ModelConfig, PositionalEncoding, ScoreMod, rotate_half
 
 RELATIVE_MAX_DISTANCE = 128
-
-
-def position_kind(name: str) -> str | None:
-    """The ``kind`` (embedding, rotary, bias, none) that registered position ``name`` declares, or None."""
-    return getattr(REGISTRY.component("position", name).load(), "kind", None)
-
-
-def rotate_half(x: Tensor) -> Tensor:
-    """(x1, x2) -> (-x2, x1) over the two halves of the last dim: RoPE's rotation by 90 degrees."""
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
 
 
 class RotaryEncoding(PositionalEncoding):
@@ -39,21 +25,36 @@ class RotaryEncoding(PositionalEncoding):
         self.rotary_dim = cfg.rotary_dim
         self.theta = cfg.rope_theta
         self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
+        self._npu_rotary_mul: Any = None
 
     def _inv_freq(self) -> Tensor:
         exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.float32) / self.rotary_dim
         return 1.0 / (self.theta ** exponents)
 
-    def _init_buffers(self) -> None:
+    def init_buffers(self) -> None:
         self.inv_freq = self._inv_freq().to(self.inv_freq.device)
 
-    def rotate(self, x: Tensor, positions: Tensor) -> Tensor:
+    def prepare(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """float32 (cos, sin) of shape (T, rotary_dim), computed once per forward for every layer."""
         angles = positions.float()[:, None] * self.inv_freq[None, :]
         emb = torch.cat((angles, angles), dim=-1)
-        cos, sin = emb.cos(), emb.sin()
+        return emb.cos(), emb.sin()
+
+    def rotate(self, x: Tensor, positions: Tensor, tables: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        cos, sin = tables if tables is not None else self.prepare(positions)
+        if self._npu_rotary_mul is not None and self.rotary_dim == x.shape[-1]:
+            return self._npu_rotary_mul(x, cos[None, None].to(x.dtype), sin[None, None].to(x.dtype))
         rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim:]
         rotated = (rot.float() * cos + rotate_half(rot.float()) * sin).to(x.dtype)
         return rotated if rest.shape[-1] == 0 else torch.cat((rotated, rest), dim=-1)
+
+    def install_kernels(self, device_type: str) -> list[str]:
+        """On Ascend: ``npu_rotary_mul`` (x·cos + rotate_half(x)·sin) when the whole head rotates."""
+        torch_npu = plugin.import_torch_npu() if device_type == "npu" else None
+        if torch_npu is None:
+            return []
+        self._npu_rotary_mul = torch_npu.npu_rotary_mul
+        return ["npu_rotary_mul"]
 
 
 def alibi_slopes(n_heads: int) -> Tensor:
@@ -104,7 +105,7 @@ class ALiBi(PositionalEncoding):
         self.n_heads = cfg.n_heads
         self.register_buffer("slopes", alibi_slopes(cfg.n_heads), persistent=False)
 
-    def _init_buffers(self) -> None:
+    def init_buffers(self) -> None:
         self.slopes = alibi_slopes(self.n_heads).to(self.slopes.device)
 
     def bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
@@ -127,7 +128,7 @@ class RelativeBias(PositionalEncoding):
         self.std = cfg.init_std
         self.table = nn.Parameter(torch.zeros(2 * self.max_distance + 1, cfg.n_heads))
 
-    def _init_weights(self) -> None:
+    def init_weights(self) -> None:
         nn.init.normal_(self.table, 0.0, self.std)
 
     def _index(self, distance: Tensor) -> Tensor:
@@ -190,18 +191,28 @@ class NoPosition(PositionalEncoding):
         super().__init__()
 
 
-@hookimpl
-def effzoo_register(register: Any) -> None:
-    register.add_position("rope", RotaryEncoding, aliases=["rotary"],
+POSITION_METHODS = (("RoPE", {}), ("Absolute", {"position": "absolute"}), ("Learnable Absolute", {"position": "learned"}),
+                    ("Relative", {"position": "relative"}), ("None", {"position": "none"}), ("ALiBi", {"position": "alibi"}))
+"""The EfficientLLM positional-encoding group: the Qwen2.5 GQA baseline with each encoding."""
+
+
+@plugin.hookimpl
+def effzoo_register(register: plugin.Registrar) -> None:
+    register.add_position("rope", RotaryEncoding, kind="rotary", aliases=["rotary"],
                           description="Rotary position embedding on q/k (RoFormer); Qwen2.5 default")
-    register.add_position("alibi", ALiBi, description="Linear per-head distance bias on attention scores (Press et al.)")
+    register.add_position("alibi", ALiBi, kind="bias",
+                          description="Linear per-head distance bias on attention scores (Press et al.)")
     register.add_position(
-        "relative", RelativeBias, aliases=["relative_position", "learned_relative"],
-        options={"relative_max_distance": RELATIVE_MAX_DISTANCE},
+        "relative", RelativeBias, kind="bias", aliases=["relative_position", "learned_relative"],
+        options={"relative_max_distance": plugin.positive_int(RELATIVE_MAX_DISTANCE)},
         description="Learned per-head bias over clipped relative distance (default ±128), as the EfficientLLM scripts",
     )
-    register.add_position("absolute", SinusoidalEncoding, aliases=["sinusoidal", "absolute_sinusoidal"],
+    register.add_position("absolute", SinusoidalEncoding, kind="embedding", aliases=["sinusoidal", "absolute_sinusoidal"],
                           description="Fixed sinusoidal absolute encoding added to embeddings")
-    register.add_position("learned", LearnedAbsolute, aliases=["learnable_absolute", "learnable", "learned_absolute"],
+    register.add_position("learned", LearnedAbsolute, kind="embedding",
+                          aliases=["learnable_absolute", "learnable", "learned_absolute"],
                           description="Learned absolute position embeddings (max_seq_len entries)")
-    register.add_position("none", NoPosition, aliases=["nope"], description="No positional encoding")
+    register.add_position("none", NoPosition, kind="none", aliases=["nope"], description="No positional encoding")
+    register.add_suite("position", default_sizes=("1.5B",), order=1)
+    for rank, (method, overrides) in enumerate(POSITION_METHODS):
+        register.add_suite_method("position", method, "gqa", overrides=overrides, order=rank)

@@ -7,11 +7,9 @@ entries: pass ``vocab_size=50304`` to build the original Pythia shape).
 """
 from __future__ import annotations
 
-from typing import Any
-
-from effzoo.hookspecs import hookimpl
-from effzoo.registry import Capabilities
-from effzoo_plugins.transformer import QWEN25_VOCAB, kv_head_per_query_head
+from effzoo import plugin
+from effzoo.plugin import Capabilities
+from effzoo_plugins.common import QWEN25_VOCAB
 
 PYTHIA = dict(vocab_size=QWEN25_VOCAB, max_seq_len=8192)
 
@@ -27,12 +25,12 @@ GPT_NEOX_BLOCK = dict(
     block="transformer", attention="gqa", position="rope", ffn="gelu", norm="layernorm", norm_eps=1e-5,
     parallel_residual=True, qkv_bias=True, out_bias=True, mlp_bias=True, tie_embeddings=False,
     rope_theta=10_000.0, rotary_pct=0.25,
-    n_kv_heads=kv_head_per_query_head,  # multi-head attention
+    n_kv_heads=plugin.one_kv_head_per_query_head,  # multi-head attention
 )
 
 
-@hookimpl
-def effzoo_register(register: Any) -> None:
+@plugin.hookimpl
+def effzoo_register(register: plugin.Registrar) -> None:
     register.add_sizes("pythia", PYTHIA_SIZES)
     register.add_variant(
         "pythia", family="pythia", group="attention-free", aliases=["gpt_neox", "gptneox", "neox"],
@@ -40,3 +38,7 @@ def effzoo_register(register: Any) -> None:
         description="Pythia / GPT-NeoX: parallel attention + GELU MLP residual, LayerNorm, 25% rotary "
                     "(Biderman et al. 2023)",
     )
+    register.add_suite_method("attention-free", "Pythia", "pythia", order=2)
+    register.add_checkpoint_format("gpt_neox", to_config="effzoo_plugins.gpt_neox_checkpoint:to_config",
+                                   to_state_dict="effzoo_plugins.gpt_neox_checkpoint:to_state_dict",
+                                   description="transformers GPTNeoXForCausalLM -> pythia")

@@ -1,4 +1,9 @@
-"""Qwen2 (transformers ``Qwen2ForCausalLM``) -> effzoo ``gqa``: fused q/k/v and gate/up projections."""
+"""Qwen2 (transformers ``Qwen2ForCausalLM``) -> effzoo ``gqa``: fused q/k/v and gate/up projections.
+
+The checkpoint format of the transformer plugin, which owns these parameter paths (block norms and
+``mixer``/``ffn`` of the GQA attention and SwiGLU it builds by default); imported only when a Qwen2
+checkpoint is read.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -6,10 +11,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..build import make_config
-from ..config import ModelConfig
-from .checkpoint import TensorCursor
-from .importers import rope_settings, unsupported
+from effzoo import make_config
+from effzoo.plugin import ModelConfig, TensorCursor, rope_settings
+from effzoo.plugin import unsupported_checkpoint as unsupported
 
 MODEL_TYPE = "qwen2"
 IGNORED = (r"rotary_emb\.inv_freq$",)

@@ -1,29 +1,15 @@
-"""The transformer block, the norms, the Qwen2.5 size family and the MHA / GQA / MQA variants."""
+"""The transformer block, the Qwen2.5 size family, the MHA / GQA / MQA variants and the attention and
+attention-free benchmark groups they anchor."""
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from effzoo.config import ModelConfig
-from effzoo.hookspecs import hookimpl
-from effzoo.interfaces import MixContext, MixerBlock
-from effzoo.model.parts import build_component, layernorm, make_norm, rmsnorm
-from effzoo.registry import Capabilities
-
-
-def optional_ffn(cfg: ModelConfig, layer: int) -> tuple[nn.Module | None, nn.Module | None]:
-    """A block's (norm, feed-forward) pair, or (None, None) when ``ffn="none"``."""
-    if cfg.ffn.lower() == "none":
-        return None, None
-    return make_norm(cfg), build_component("ffn", cfg.ffn, cfg, layer)
-
-
-def inactive_ffn_params(ffn: nn.Module | None) -> int:
-    """Parameters of ``ffn`` a token does not use (the unrouted experts of an MoE); 0 for dense or no FFN."""
-    inactive = getattr(ffn, "inactive_params", None)
-    return inactive() if inactive is not None else 0
+from effzoo import plugin
+from effzoo.plugin import Capabilities, MixContext, MixerBlock, ModelConfig
+from effzoo_plugins.common import QWEN25_VOCAB
 
 
 class TransformerBlock(MixerBlock):
@@ -35,9 +21,9 @@ class TransformerBlock(MixerBlock):
     def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.parallel = cfg.parallel_residual
-        self.attn_norm = make_norm(cfg)
-        self.mixer = build_component("attention", cfg.attention, cfg, layer)
-        self.ffn_norm, self.ffn = optional_ffn(cfg, layer)
+        self.attn_norm = plugin.make_norm(cfg)
+        self.mixer = plugin.build_component("attention", cfg.attention, cfg, layer)
+        self.ffn_norm, self.ffn = plugin.optional_ffn(cfg, layer)
 
     def forward(self, x: Tensor, ctx: MixContext, state: Any | None = None) -> tuple[Tensor, Any | None]:
         mixed, state = self.mixer(self.attn_norm(x), ctx, state)
@@ -55,18 +41,17 @@ class TransformerBlock(MixerBlock):
         return self.mixer.cache_bytes_per_token(bytes_per_value)
 
     def state_bytes(self, bytes_per_value: int = 2) -> int:
-        fixed = getattr(self.mixer, "state_bytes", None)
-        return fixed(bytes_per_value) if fixed is not None else 0
+        return self.mixer.state_bytes(bytes_per_value)
 
     def extra_flops_per_token(self, seq_len: int) -> float:
         return self.mixer.extra_flops_per_token(seq_len)
 
     def inactive_params(self) -> int:
-        return inactive_ffn_params(self.ffn)
+        return 0 if self.ffn is None else self.ffn.inactive_params()
 
     def supports_static_decode(self) -> bool:
         """The attention must support it, and the FFN (if any) must declare it (dense FFNs do; MoE does not)."""
-        ffn_ok = self.ffn is None or getattr(self.ffn, "supports_static_decode", lambda: False)()
+        ffn_ok = self.ffn is None or self.ffn.supports_static_decode()
         return self.mixer.supports_static_decode() and ffn_ok
 
 
@@ -75,12 +60,6 @@ def transformer_block(cfg: ModelConfig, layer: int = 0) -> TransformerBlock:
     return TransformerBlock(cfg, layer)
 
 
-def kv_head_per_query_head(preset: dict[str, Any]) -> int:
-    """The ``n_kv_heads`` default of multi-head attention: one key/value head per query head."""
-    return preset["n_heads"]
-
-
-QWEN25_VOCAB = 151_936  # the Qwen2.5 tokenizer, which the EfficientLLM runs use for every architecture
 QWEN25 = dict(vocab_size=QWEN25_VOCAB, max_seq_len=32_768, rope_theta=1_000_000.0, norm_eps=1e-6,
               qkv_bias=True, tie_embeddings=True)
 
@@ -95,20 +74,31 @@ QWEN25_SIZES = {
 }
 
 
-@hookimpl
-def effzoo_register(register: Any) -> None:
-    register.add_block("transformer", transformer_block, aliases=["attention"],
+TRANSFORMER_USES = {"attention": "gqa", "ffn": "swiglu", "norm": "rmsnorm"}
+QWEN25_BLOCK = {"block": "transformer", "position": "rope"}
+PAPER_SIZES = ("0.5B", "1.5B", "3B")
+
+
+@plugin.hookimpl
+def effzoo_register(register: plugin.Registrar) -> None:
+    register.add_block("transformer", transformer_block, aliases=["attention"], uses=TRANSFORMER_USES,
                        description="norm → attention → residual → norm → FFN → residual (parallel option)")
-    register.add_component("norm", "rmsnorm", rmsnorm, aliases=["rms"], description="RMSNorm (F.rms_norm)")
-    register.add_component("norm", "layernorm", layernorm, aliases=["ln"], description="LayerNorm with bias")
     register.add_sizes("qwen2.5", QWEN25_SIZES)
     register.add_variant("gqa", family="qwen2.5", group="attention", aliases=["qwen2.5", "qwen", "dense"],
-                         capabilities=Capabilities(fast_path="sdpa/flex"),
+                         defaults=QWEN25_BLOCK, capabilities=Capabilities(fast_path="sdpa/flex"), baseline=True,
                          description="Grouped-query attention, the Qwen2.5 baseline (Ainslie et al. 2023)")
-    register.add_variant("mqa", family="qwen2.5", group="attention", defaults={"n_kv_heads": 1},
+    register.add_variant("mqa", family="qwen2.5", group="attention", defaults={**QWEN25_BLOCK, "n_kv_heads": 1},
                          capabilities=Capabilities(fast_path="sdpa/flex"),
                          description="Multi-query attention: one key/value head (Shazeer 2019)")
     register.add_variant("mha", family="qwen2.5", group="attention",
-                         defaults={"n_kv_heads": kv_head_per_query_head},
+                         defaults={**QWEN25_BLOCK, "n_kv_heads": plugin.one_kv_head_per_query_head},
                          capabilities=Capabilities(fast_path="sdpa/flex"),
                          description="Multi-head attention: one key/value head per query head (Vaswani et al. 2017)")
+    register.add_suite("attention", default_sizes=PAPER_SIZES, order=0)
+    register.add_suite_method("attention", "MQA", "mqa", order=0)
+    register.add_suite_method("attention", "GQA", "gqa", order=1)
+    register.add_suite("attention-free", default_sizes=PAPER_SIZES, order=3)
+    register.add_suite_method("attention-free", "Qwen2.5", "gqa", order=0)
+    register.add_checkpoint_format("qwen2", to_config="effzoo_plugins.qwen2_checkpoint:to_config",
+                                   to_state_dict="effzoo_plugins.qwen2_checkpoint:to_state_dict",
+                                   description="transformers Qwen2ForCausalLM -> gqa")

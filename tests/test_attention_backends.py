@@ -21,8 +21,8 @@ def _qkv(batch=2, heads=4, kv_heads=2, q_len=19, k_len=19, dim=16, requires_grad
 def _position(name: str, heads: int = 4):
     cfg = effzoo.make_config("gqa", "tiny", position=name, n_heads=heads, n_kv_heads=2)
     module = build_component("position", cfg.position, cfg)
-    if hasattr(module, "_init_weights"):
-        module._init_weights()
+    if isinstance(module, effzoo.plugin.Component):
+        module.init_weights()
     return module
 
 

@@ -32,8 +32,8 @@ def test_explicit_positions_over_a_larger_buffer_equal_the_slice(name):
     """Queries at 8..10 over a 16-slot buffer whose slots 11..15 hold garbage: causality masks them."""
     cfg = effzoo.make_config("gqa", "tiny", position=name, n_heads=4, n_kv_heads=2)
     position = build_component("position", cfg.position, cfg)
-    if hasattr(position, "_init_weights"):
-        position._init_weights()
+    if isinstance(position, effzoo.plugin.Component):
+        position.init_weights()
     g = torch.Generator().manual_seed(1)
     q = torch.randn(2, 4, 3, 16, generator=g)
     k, v = torch.randn(2, 2, 16, 16, generator=g), torch.randn(2, 2, 16, 16, generator=g)
@@ -98,13 +98,13 @@ def test_step_checker_catches_a_host_sync(monkeypatch):
 
 def test_step_checker_catches_a_position_taken_from_the_host(monkeypatch):
     model = _model(position="rope")
-    original, calls = type(model.position).rotate, []
+    original, calls = type(model.position).prepare, []
 
-    def host_counted_rotate(self, x, positions):
+    def host_counted_prepare(self, positions):
         calls.append(1)  # a Python-side counter would be frozen into a captured graph
-        return original(self, x, torch.arange(len(calls), len(calls) + x.shape[2]))
+        return original(self, torch.arange(len(calls), len(calls) + positions.shape[0]))
 
-    monkeypatch.setattr(type(model.position), "rotate", host_counted_rotate)
+    monkeypatch.setattr(type(model.position), "prepare", host_counted_prepare)
     with pytest.raises(AssertionError, match="differs between positions"):
         check_static_step(model)
 

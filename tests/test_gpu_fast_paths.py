@@ -23,7 +23,7 @@ from effzoo.ops.linear_cross_entropy import linear_cross_entropy
 
 CUDA = torch.cuda.is_available()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA device")]
-VARIANTS = [v.name for v in effzoo.list_variants()]
+VARIANTS = effzoo.list_variants()
 LENGTH = 300  # over two 128-key NSA tiles, several Triton chunks (64 RWKV, 256 SSD)
 TOLERANCE = {torch.bfloat16: (3e-2, 8e-2), torch.float16: (1e-2, 4e-2)}  # (outputs, gradients) relative
 

@@ -17,9 +17,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, Qwen2For
 
 from effzoo.hf.cache import CACHE_NAME  # noqa: E402
 
-VARIANTS = [spec.name for spec in effzoo.list_variants()]
+VARIANTS = effzoo.list_variants()
 # transformers' generate over a KV cache and, where a plugin provides one, over a recurrent state
-GENERATE_VARIANTS = ["gqa", "pythia"] + [spec.name for spec in effzoo.list_variants(recurrent=True)][:1]
+GENERATE_VARIANTS = ["gqa", "pythia"] + effzoo.list_variants(recurrent=True)[:1]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -183,7 +183,7 @@ def test_load_balance_loss_minimal_for_uniform_router() -> None:
 
 def test_noisy_router_is_noisy_only_in_training() -> None:
     router = NoisyTopKRouter(16, 4, 2)
-    router._init_weights()
+    router.init_weights()
     x = torch.randn(32, 16)
     router.eval()
     torch.testing.assert_close(router.logits(x), router.logits(x), rtol=0, atol=0)
@@ -199,8 +199,8 @@ def _layer(**options) -> MoEFeedForward:
     cfg = effzoo.make_config("moe", size="tiny", **options)
     layer = MoEFeedForward(cfg, layer=3)
     for module in layer.modules():
-        if hasattr(module, "_init_weights"):
-            module._init_weights()
+        if isinstance(module, effzoo.plugin.Component):
+            module.init_weights()
     return layer
 
 

@@ -58,18 +58,31 @@ def test_builtins_load_through_entry_points():
         assert reports[name].ok and reports[name].builtin and reports[name].distribution == "effzoo"
 
 
-def test_setup_cfg_entry_points_match_builtin_list():
+def test_every_builtin_plugin_module_is_an_entry_point():
+    """The entry points are the one list of built-ins: each effzoo_plugins module with a hook is declared."""
     import configparser
+    import pkgutil
     from pathlib import Path
 
-    from effzoo_plugins import BUILTINS
+    import effzoo_plugins
 
     parser = configparser.ConfigParser()
     parser.read(Path(__file__).parents[1] / "setup.cfg")
-    declared = dict(
-        line.split("=", 1) for line in parser["options.entry_points"]["effzoo"].strip().splitlines()
-    )
-    assert {k.strip(): v.strip() for k, v in declared.items()} == BUILTINS
+    declared = {v.strip() for v in (line.split("=", 1)[1] for line in
+                                     parser["options.entry_points"]["effzoo"].strip().splitlines())}
+    with_hook = set()
+    for info in pkgutil.iter_modules(effzoo_plugins.__path__):
+        path = Path(effzoo_plugins.__path__[0]) / (f"{info.name}/__init__.py" if info.ispkg else f"{info.name}.py")
+        if "def effzoo_register" in path.read_text():
+            with_hook.add(f"effzoo_plugins.{info.name}")
+    assert declared == with_hook
+    assert not hasattr(effzoo_plugins, "BUILTINS")
+
+
+def test_missing_own_entry_points_say_how_to_install(monkeypatch):
+    monkeypatch.setattr(plugins.metadata, "entry_points", lambda group: [])
+    with pytest.raises(PluginError, match="pip install -e"):
+        plugins._candidates()
 
 
 def test_third_party_plugin_registers_a_variant(fake_plugins):
@@ -168,8 +181,72 @@ def test_aliases_resolve_to_canonical_names():
 
 
 def test_list_variants_filters_on_capabilities():
-    names = [v.name for v in effzoo.list_variants(group="attention")]
+    names = effzoo.list_variants(group="attention")
+    assert [s.name for s in effzoo.list_variants(group="attention", specs=True)] == names
     assert {"gqa", "mqa", "mha"} <= set(names)
-    assert [v.name for v in effzoo.list_variants("m?a")] == [n for n in ("mha", "mla", "mqa") if n in names]
+    assert effzoo.list_variants("m?a") == [n for n in ("mha", "mla", "mqa") if n in names]
     with pytest.raises(effzoo.ConfigError, match="kv_cache"):
         effzoo.list_variants(kv_cahce=True)
+
+
+# -- issue 11, plugin items 16-19 ----------------------------------------------------------------
+BAD_FAMILY = """
+    import effzoo
+    @effzoo.hookimpl
+    def effzoo_register(register):
+        register.add_variant("lost_variant", family="no_such_family", description="names a family nobody has")
+"""
+
+
+def test_variant_naming_an_unregistered_family_rejects_only_its_plugin(fake_plugins):
+    fake_plugins("bad_family", BAD_FAMILY)
+    fake_plugins("good_plugin", GOOD)
+    registry = _load()
+    report = {r.name: r for r in registry.reports}["bad_family"]
+    assert not report.ok and "no_such_family" in report.error
+    assert "lost_variant" not in registry.names() and "wide_gqa" in registry.names()
+    for spec in registry.list_variants():  # what `effzoo list` does for every variant
+        assert registry.size_table(registry.family(spec.name))
+
+
+def test_strict_mode_raises_again_instead_of_returning_half_a_registry(fake_plugins, monkeypatch):
+    fake_plugins("broken_plugin", "raise RuntimeError('kaboom')\n")
+    monkeypatch.setenv("EFFZOO_STRICT_PLUGINS", "1")
+    registry = Registry()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(2):
+            with pytest.raises(PluginError, match="kaboom"):
+                registry.ensure_loaded()
+            assert not registry.variants and not registry._loaded
+
+
+def test_override_of_a_builtin_is_recorded_and_shown(fake_plugins, monkeypatch, capsys):
+    fake_plugins("override_plugin", """
+        import effzoo
+        @effzoo.hookimpl
+        def effzoo_register(register):
+            register.add_variant("gqa", family="qwen2.5", description="replacement", override=True,
+                                 defaults={"block": "transformer", "position": "rope"})
+    """, distribution="effzoo-override")
+    registry = _load()
+    (replacement,) = registry.replacements
+    assert (replacement.kind, replacement.name) == ("variant", "gqa")
+    assert "transformer (effzoo" in replacement.old and "override_plugin (effzoo-override 1.2.3)" in replacement.new
+    from effzoo.cli import plugins as plugins_cli, variants as variants_cli
+
+    monkeypatch.setattr(plugins_cli, "REGISTRY", registry)
+    monkeypatch.setattr(variants_cli, "REGISTRY", registry)
+    plugins_cli.run(type("Args", (), {"json": False})())
+    assert "override: variant 'gqa' of transformer (effzoo" in capsys.readouterr().out
+    variants_cli.run(type("Args", (), {"json": False, "pattern": "gqa", "group": None, "components": False})())
+    assert "replaced: variant 'gqa' of transformer" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spelling", ["effzoo-fake", "Effzoo_Fake", "effzoo.fake", "EFFZOO__FAKE", "Good-Plugin"])
+def test_blocklist_matches_pep503_normalised_names(fake_plugins, monkeypatch, spelling):
+    fake_plugins("good_plugin", GOOD)
+    monkeypatch.setenv("EFFZOO_BLOCK_PLUGINS", f" {spelling} ")
+    registry = _load()
+    assert "wide_gqa" not in registry.names()
+    assert registry.blocked == ["good_plugin (effzoo-fake)"]

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import types
 from typing import Any
 
 import torch
@@ -73,35 +72,10 @@ def fusion_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, po
     return out[0]
 
 
-def _rms_norm_forward(self: nn.Module, x: Tensor) -> Tensor:
-    torch_npu = import_torch_npu()
-    if torch_npu is None:
-        return torch.nn.functional.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-    return torch_npu.npu_rms_norm(x, self.weight.to(x.dtype), self.eps)[0]
-
-
-def _rotary_rotate(self: nn.Module, x: Tensor, positions: Tensor) -> Tensor:
-    """RoPE through ``npu_rotary_mul`` (x·cos + rotate_half(x)·sin) when the whole head rotates."""
-    torch_npu = import_torch_npu()
-    if torch_npu is None or self.rotary_dim != x.shape[-1]:
-        return type(self).rotate(self, x, positions)
-    angles = positions.float()[:, None] * self.inv_freq[None, :]
-    emb = torch.cat((angles, angles), dim=-1)[None, None]
-    return torch_npu.npu_rotary_mul(x, emb.cos().to(x.dtype), emb.sin().to(x.dtype))
-
-
 def install_npu_kernels(model: nn.Module) -> list[str]:
-    """Route the model's RMSNorm and RoPE through the NPU kernels (instance-level patch)."""
-    from ..model.parts import RMSNorm
-
-    installed: set[str] = set()
-    for module in model.modules():
-        if isinstance(module, RMSNorm):
-            module.forward = types.MethodType(_rms_norm_forward, module)
-            installed.add("npu_rms_norm")
-        elif getattr(module, "kind", None) == "rotary" and hasattr(module, "inv_freq"):
-            module.rotate = types.MethodType(_rotary_rotate, module)
-            installed.add("npu_rotary_mul")
+    """Let the model's components switch to the NPU kernels they declare (``Component.install_kernels``:
+    RMSNorm -> npu_rms_norm, RoPE -> npu_rotary_mul) and route attention through npu_fusion_attention."""
+    installed = set(model.install_kernels("npu"))
     attention_ops.register_backend(NPU_ATTENTION_BACKEND, fusion_attention)
     installed.add("npu_fusion_attention")
     return sorted(installed)

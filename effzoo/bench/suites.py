@@ -1,11 +1,17 @@
-"""The experiment groups of the EfficientLLM paper, as lists of (method, variant, size, overrides)."""
+"""The experiment groups of the EfficientLLM paper, as lists of (method, variant, size, overrides).
+
+The groups and their rows are declared by the plugins that own the variants (``register.add_suite``,
+``register.add_suite_method``); this module only orders and expands them.
+"""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UnknownNameError
+from ..registry import REGISTRY
 
 
 @dataclass(frozen=True)
@@ -27,54 +33,47 @@ class Entry:
 
 @dataclass(frozen=True)
 class Suite:
-    """A group: its methods and the sizes it runs at by default."""
+    """A group: its methods (in table order), the sizes it runs at by default, and an optional pairing
+    that replaces the methods-times-sizes grid (the MoE group: dense S against MoE Sx8)."""
 
     name: str
     methods: tuple[tuple[str, str, dict[str, Any]], ...]
     default_sizes: tuple[str, ...]
+    pairing: Callable[[list[str] | None], list[tuple[str, str, str]]] | None = None
 
     def entries(self, sizes: list[str] | None = None) -> list[Entry]:
+        if self.pairing is not None:
+            return [Entry(self.name, method, variant, size) for method, variant, size in self.pairing(sizes)]
         sizes = list(sizes or self.default_sizes)
         return [Entry(self.name, method, variant, size, dict(overrides))
                 for size in sizes for method, variant, overrides in self.methods]
 
 
-class MoESuite(Suite):
-    """Dense baselines against 8-expert top-2 MoE: for each size S, ``Dense S`` and ``MoE Sx8``."""
-
-    def entries(self, sizes: list[str] | None = None) -> list[Entry]:
-        if sizes is None:  # the paper's table: dense 1.5B / 3B against 0.5B×8 / 1.5B×8
-            pairs = [("Dense", "gqa", "1.5B"), ("Dense", "gqa", "3B"), ("MoE", "moe", "0.5Bx8"), ("MoE", "moe", "1.5Bx8")]
-            return [Entry(self.name, m, v, s) for m, v, s in pairs]
-        out = []
-        for size in sizes:
-            out.append(Entry(self.name, "Dense", "gqa", size))
-            out.append(Entry(self.name, "MoE", "moe", f"{size}x8"))
-        return out
+def suites() -> dict[str, Suite]:
+    """The groups the plugins declared (``register.add_suite`` / ``add_suite_method``), in table order."""
+    registry = REGISTRY.ensure_loaded()
+    out = {}
+    for spec in sorted(registry.suites.values(), key=lambda s: (s.order, s.name)):
+        rows = sorted((r for r in registry.suite_rows if r.suite == spec.name), key=lambda r: r.order)
+        methods = tuple((r.method, r.variant, dict(r.overrides)) for r in rows if r.variant in registry.variants)
+        out[spec.name] = Suite(spec.name, methods, spec.default_sizes, spec.pairing)
+    return out
 
 
-SUITES: dict[str, Suite] = {
-    "attention": Suite("attention", (("MQA", "mqa", {}), ("GQA", "gqa", {}), ("MLA", "mla", {}), ("NSA", "nsa", {})),
-                       ("0.5B", "1.5B", "3B")),
-    "position": Suite("position", (
-        ("RoPE", "gqa", {}), ("Absolute", "gqa", {"position": "absolute"}),
-        ("Learnable Absolute", "gqa", {"position": "learned"}), ("Relative", "gqa", {"position": "relative"}),
-        ("None", "gqa", {"position": "none"}), ("ALiBi", "gqa", {"position": "alibi"}),
-    ), ("1.5B",)),
-    "moe": MoESuite("moe", (), ()),
-    "attention-free": Suite("attention-free", (
-        ("Qwen2.5", "gqa", {}), ("Mamba", "mamba", {}), ("Pythia", "pythia", {}), ("RWKV", "rwkv", {}),
-    ), ("0.5B", "1.5B", "3B")),
-}
+def __getattr__(name: str) -> Any:
+    if name == "SUITES":  # computed from the registry when asked for, so importing this module loads nothing
+        return suites()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def resolve_suites(name: str) -> list[Suite]:
     """'all' or one group name -> suites (unknown names suggest close matches)."""
+    table = suites()
     if name == "all":
-        return list(SUITES.values())
-    if name not in SUITES:
-        raise UnknownNameError("benchmark suite", name, [*SUITES, "all"])
-    return [SUITES[name]]
+        return list(table.values())
+    if name not in table:
+        raise UnknownNameError("benchmark suite", name, [*table, "all"])
+    return [table[name]]
 
 
 def suite_entries(name: str, sizes: list[str] | None = None, quick: bool = False) -> list[Entry]:

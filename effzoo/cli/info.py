@@ -30,10 +30,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     cfg = stats["config"]
     kinds = cfg["layers"] or [cfg["block"]]
-    heads = f", {cfg['n_heads']} heads / {cfg['n_kv_heads']} kv heads" if "transformer" in kinds else ""
+    heads = f", {cfg['n_heads']} heads / {cfg['n_kv_heads']} kv heads" if cfg["attention"] else ""
     blocks = ", ".join(f"{kinds.count(k)}× {k}" for k in dict.fromkeys(kinds)) if cfg["layers"] else cfg["block"]
     print(f"{stats['variant']} {stats['size']}: {cfg['n_layers']} layers ({blocks}), d_model {cfg['d_model']}"
-          f"{heads}, position {cfg['position']}, ffn {cfg['ffn']}")
+          f"{heads}, position {cfg['position'] or 'none'}, ffn {cfg['ffn'] or 'none'}")
     rows = [
         ("parameters", f"{stats['params']:,}"),
         ("embedding parameters", f"{stats['embedding_params']:,}"),

@@ -1,4 +1,6 @@
-"""Reading a transformers checkpoint directory: its weight files and a strict key-by-key cursor."""
+"""Reading a transformers checkpoint directory: its weight files, a strict key-by-key cursor, and the
+helpers the plugins' checkpoint formats share (``effzoo.plugin.TensorCursor`` / ``rope_settings`` /
+``unsupported_checkpoint``)."""
 from __future__ import annotations
 
 import json
@@ -6,6 +8,7 @@ import pickle
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -88,3 +91,20 @@ class TensorCursor:
         if unexpected:
             shown = ", ".join(unexpected[:8]) + (" ..." if len(unexpected) > 8 else "")
             raise ConfigError(f"{self.source} does not match its config.json: unexpected tensors {shown}")
+
+
+def unsupported_checkpoint(model_type: str, what: str) -> ConfigError:
+    """The error for a checkpoint feature effzoo cannot reproduce exactly."""
+    return ConfigError(f"cannot import this {model_type} checkpoint: {what} is not supported by effzoo")
+
+
+def rope_settings(hf_config: Any, model_type: str) -> tuple[float, float]:
+    """(rope_theta, partial_rotary_factor) of plain RoPE; scaled variants (YaRN, linear, ...) are rejected."""
+    params = dict(getattr(hf_config, "rope_parameters", None) or {})
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type != "default":
+        raise unsupported_checkpoint(model_type, f"rope scaling (rope_type={rope_type!r})")
+    theta = params.get("rope_theta", getattr(hf_config, "rope_theta", None))
+    if theta is None:
+        raise unsupported_checkpoint(model_type, "a config without rope_theta")
+    return float(theta), float(params.get("partial_rotary_factor", 1.0))

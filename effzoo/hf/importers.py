@@ -1,11 +1,11 @@
 """``import_checkpoint``: a transformers checkpoint directory -> an effzoo model with the same outputs.
 
-Each supported ``model_type`` has a converter module with ``to_config(hf_config) -> ModelConfig``
-and ``to_state_dict(cursor, config) -> dict`` (see :mod:`effzoo.hf.qwen2`, :mod:`effzoo.hf.gpt_neox`).
+Each supported ``model_type`` is a checkpoint format registered by the plugin that owns the parameters
+(``register.add_checkpoint_format``: Qwen2 by the transformer plugin, GPT-NeoX by the pythia plugin)
+with ``to_config(hf_config) -> ModelConfig`` and ``to_state_dict(cursor, config) -> dict``.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
@@ -17,27 +17,9 @@ from ..build import build_empty, parse_dtype
 from ..config import ModelConfig
 from ..errors import ConfigError, UnknownNameError
 from ..pretrained import CONFIG_NAME, MODEL_TYPE, from_pretrained
+from ..registry import REGISTRY
 from ..sizes import canonical_count
 from .checkpoint import TensorCursor, read_weights
-
-CONVERTERS = {"qwen2": "effzoo.hf.qwen2", "gpt_neox": "effzoo.hf.gpt_neox"}
-
-
-def unsupported(model_type: str, what: str) -> ConfigError:
-    """The error for a checkpoint feature effzoo cannot reproduce exactly."""
-    return ConfigError(f"cannot import this {model_type} checkpoint: {what} is not supported by effzoo")
-
-
-def rope_settings(hf_config: Any, model_type: str) -> tuple[float, float]:
-    """(rope_theta, partial_rotary_factor) of plain RoPE; scaled variants (YaRN, linear, ...) are rejected."""
-    params = dict(getattr(hf_config, "rope_parameters", None) or {})
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type != "default":
-        raise unsupported(model_type, f"rope scaling (rope_type={rope_type!r})")
-    theta = params.get("rope_theta", getattr(hf_config, "rope_theta", None))
-    if theta is None:
-        raise unsupported(model_type, "a config without rope_theta")
-    return float(theta), float(params.get("partial_rotary_factor", 1.0))
 
 
 def _model_type(directory: Path) -> str:
@@ -60,16 +42,17 @@ def import_checkpoint(
     model_type = _model_type(directory)
     if model_type == MODEL_TYPE:
         return from_pretrained(directory, device=device, dtype=dtype)
-    if model_type not in CONVERTERS:
-        raise UnknownNameError("checkpoint model_type", model_type, [*CONVERTERS, MODEL_TYPE])
+    formats = REGISTRY.ensure_loaded().checkpoint_formats
+    if model_type not in formats:
+        raise UnknownNameError("checkpoint model_type", model_type, [*formats, MODEL_TYPE])
     from transformers import AutoConfig
 
-    converter = importlib.import_module(CONVERTERS[model_type])
+    fmt = formats[model_type]
     hf_config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
-    config = converter.to_config(hf_config)
+    config = fmt.load("to_config")(hf_config)
     tensors = read_weights(directory)
     cursor = TensorCursor(tensors, source=f"{model_type} checkpoint {directory}")
-    state = converter.to_state_dict(cursor, config)
+    state = fmt.load("to_state_dict")(cursor, config)
     torch_dtype = parse_dtype(dtype) or tensors_dtype(state)
     return _materialise(config, state, torch_dtype, device)
 

@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 from ..cache import ModelCache
 from ..config import ModelConfig
 from ..errors import ConfigError
-from ..interfaces import MixContext
+from ..interfaces import Component, MixContext, NoPositionalEncoding
 from ..ops.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 from .parts import build_component, make_norm
 
@@ -41,7 +41,8 @@ class EffzooModel(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.position = build_component("position", config.position, config)
+        self.position = (NoPositionalEncoding() if config.position is None
+                         else build_component("position", config.position, config))
         self.blocks = nn.ModuleList(
             build_component("block", kind, config, layer) for layer, kind in enumerate(config.layer_kinds)
         )
@@ -54,31 +55,36 @@ class EffzooModel(nn.Module):
     def output_weight(self) -> Tensor:
         return self.embed.weight if self.head is None else self.head.weight
 
+    def _components(self) -> list[Component]:
+        return [m for m in self.modules() if isinstance(m, Component)]
+
     def init_weights(self) -> None:
-        """Normal(0, init_std) for linear/embedding weights, zero biases, residual outputs scaled by
-        1/sqrt(2·layers) (modules named ``out_proj``/``down_proj``), then each module's own
-        ``_init_weights`` (special parameters) and ``_init_buffers`` (non-persistent buffers)."""
+        """Normal(0, init_std) for linear/embedding weights, zero biases, std / sqrt(2·layers) for the
+        linear layers components declare in ``residual_projections``, then every component's
+        ``init_weights`` (special parameters) and ``init_buffers`` (non-persistent buffers)."""
         std = self.config.init_std
         residual_std = std / math.sqrt(2 * self.config.n_layers)
-        for name, module in self.named_modules():
+        residual = {id(c.get_submodule(name)) for c in self._components() for name in c.residual_projections}
+        for module in self.modules():
             if isinstance(module, nn.Linear):
-                leaf = name.rsplit(".", 1)[-1]
-                nn.init.normal_(module.weight, 0.0, residual_std if leaf in ("out_proj", "down_proj") else std)
+                nn.init.normal_(module.weight, 0.0, residual_std if id(module) in residual else std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, 0.0, std)
-        for module in self.modules():
-            if module is not self and hasattr(module, "_init_weights"):
-                module._init_weights()
+        for component in self._components():
+            component.init_weights()
         self.init_buffers()
 
     def init_buffers(self) -> None:
-        """Recompute every module's non-persistent buffers (RoPE frequencies, ALiBi slopes) with its
-        ``_init_buffers``: what a model materialised with ``to_empty`` needs before use."""
-        for module in self.modules():
-            if hasattr(module, "_init_buffers"):
-                module._init_buffers()
+        """Recompute every component's non-persistent buffers (RoPE frequencies, ALiBi slopes) with its
+        ``init_buffers``: what a model materialised with ``to_empty`` needs before use."""
+        for component in self._components():
+            component.init_buffers()
+
+    def install_kernels(self, device_type: str) -> list[str]:
+        """Let every component switch to the fused kernels it declares for ``device_type``; the names."""
+        return sorted({name for c in self._components() for name in c.install_kernels(device_type)})
 
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
         """Parameter count (shared tensors once). Without embeddings the output head still counts."""
@@ -141,7 +147,7 @@ class EffzooModel(nn.Module):
             kv_positions = torch.arange(cache.max_len, device=positions.device) if cache is not None else positions
         x = self.position.embed(self.embed(input_ids), positions)
         ctx = MixContext(positions=positions, position=self.position, backend=backend or self.config.attn_backend,
-                         kv_positions=kv_positions)
+                         kv_positions=kv_positions, tables=self.position.prepare(positions))
         for layer, block in enumerate(self.blocks):
             state = cache.layers[layer] if cache is not None else None
             if self.gradient_checkpointing and self.training and state is None:

@@ -6,10 +6,8 @@ The layer is imported at build time so ``import effzoo`` stays light.
 """
 from __future__ import annotations
 
-from typing import Any
-
-from effzoo.hookspecs import hookimpl
-from effzoo.registry import Capabilities
+from effzoo import plugin
+from effzoo.plugin import Capabilities
 
 from .settings import OPTIONS, PRESETS
 
@@ -19,15 +17,16 @@ _DESCRIPTION = (
 )
 
 
-@hookimpl
-def effzoo_register(register: Any) -> None:
+@plugin.hookimpl
+def effzoo_register(register: plugin.Registrar) -> None:
     register.add_attention(
         "nsa", "effzoo_plugins.attention_nsa.layer:nsa", aliases=["native_sparse"], options=OPTIONS,
         capabilities=Capabilities(fast_path="flex"), description=_DESCRIPTION,
     )
     register.add_variant(
-        "nsa", family="qwen2.5", group="attention", defaults={"attention": "nsa"},
+        "nsa", family="qwen2.5", group="attention", defaults={"block": "transformer", "position": "rope", "attention": "nsa"},
         aliases=["native_sparse_attention"],
         capabilities=Capabilities(fast_path="flex", positions=("rope", "absolute", "learned", "none")),
         description="Native Sparse Attention on the Qwen2.5 shape (Yuan et al. 2025, arXiv 2502.11089)",
     )
+    register.add_suite_method("attention", "NSA", "nsa", order=3)

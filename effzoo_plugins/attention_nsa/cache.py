@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from effzoo.cache import KVCache
+from effzoo.plugin import KVCache
 
 from .settings import NSASettings
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from effzoo.errors import ConfigError
+from effzoo.plugin import ConfigError
 
 from .reference import (
     BranchOutputs,

@@ -7,11 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from effzoo.config import ModelConfig
-from effzoo.errors import ConfigError
-from effzoo.interfaces import Attention, MixContext
-from effzoo.ops.attention import EXTRA_BACKENDS
-from effzoo_plugins.positions import position_kind
+from effzoo.plugin import EXTRA_BACKENDS, Attention, Component, ConfigError, MixContext, ModelConfig, position_kind
 
 from .cache import NSACache
 from .reference import BranchOutputs, nsa_branches
@@ -21,7 +17,7 @@ BRANCHES = 3  # compressed, selected, window
 BACKENDS = ("auto", "flex", "sdpa", "reference")
 
 
-class BlockCompressor(nn.Module):
+class BlockCompressor(Component):
     """φ: each block of l consecutive vectors (stride d) -> one vector, via a learned intra-block
     position embedding and a two-layer MLP over the flattened block; shared by all key/value heads."""
 
@@ -42,12 +38,14 @@ class BlockCompressor(nn.Module):
         blocks = x.unfold(2, self.block, self.stride).transpose(-1, -2)  # (B, G, Nc, l, D)
         return self.mlp((blocks + self.position).flatten(-2))
 
-    def _init_weights(self) -> None:
+    def init_weights(self) -> None:
         nn.init.normal_(self.position, 0.0, self.init_std)
 
 
 class NativeSparseAttention(Attention):
     """NSA (Yuan et al. 2025, arXiv 2502.11089): gated sum of compressed, selected and sliding-window attention."""
+
+    residual_projections = ("out_proj",)
 
     def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
@@ -68,9 +66,9 @@ class NativeSparseAttention(Attention):
         batch, length, _ = x.shape
         groups, ratio = self.n_kv_heads, self.n_heads // self.n_kv_heads
         q, kv = self.qkv_proj(x).split([self.n_heads * self.head_dim, 2 * self.kv_sets * groups * self.head_dim], -1)
-        q = ctx.position.rotate(q.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2), ctx.positions)
+        q = ctx.rotate_queries(q.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2))
         kv = kv.view(batch, length, 2 * self.kv_sets, groups, self.head_dim).permute(2, 0, 3, 1, 4)
-        keys = [ctx.position.rotate(kv[i], ctx.positions) for i in range(self.kv_sets)]
+        keys = [ctx.rotate_keys(kv[i]) for i in range(self.kv_sets)]
         values = [kv[self.kv_sets + i] for i in range(self.kv_sets)]
         if self.kv_sets == 1:
             keys, values = keys * BRANCHES, values * BRANCHES
@@ -153,7 +151,7 @@ _BIAS_MESSAGE = (
 )
 
 
-def _check_position(name: str) -> None:
+def _check_position(name: str | None) -> None:
     """Reject bias-type encodings at build time when the registered factory declares its kind."""
     if position_kind(name) == "bias":
         raise ConfigError(_BIAS_MESSAGE.format(name=name))

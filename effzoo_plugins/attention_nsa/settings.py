@@ -4,8 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from effzoo.config import ModelConfig
-from effzoo.errors import ConfigError, UnknownNameError
+from effzoo.plugin import ConfigError, ModelConfig, UnknownNameError
 
 DEFAULT_PRESET = "paper"
 

@@ -6,12 +6,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from effzoo.config import ModelConfig
-from effzoo.errors import ConfigError
-from effzoo.interfaces import MixContext, MixerBlock
-from effzoo.model.parts import make_norm
-from effzoo_plugins.positions import position_kind
-from effzoo_plugins.transformer import inactive_ffn_params, optional_ffn
+from effzoo.plugin import ConfigError, MixContext, MixerBlock, ModelConfig, make_norm, optional_ffn, position_kind
 
 SSM_BLOCKS = ("mamba", "mamba1")
 
@@ -47,7 +42,7 @@ class MambaBlock(MixerBlock):
         return self.mixer.extra_flops_per_token()
 
     def inactive_params(self) -> int:
-        return inactive_ffn_params(self.ffn)
+        return 0 if self.ffn is None else self.ffn.inactive_params()
 
 
 def check_position(cfg: ModelConfig) -> None:

@@ -18,8 +18,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from effzoo.errors import ConfigError
-from effzoo.interfaces import MixContext
+from effzoo.plugin import ConfigError
+from effzoo.plugin import MixContext
 from effzoo_plugins.feature_detection import import_error, triton_interpreting
 
 BACKENDS = ("auto", "reference", "triton", "mamba_ssm")

@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from effzoo.config import ModelConfig
-from effzoo.interfaces import MixContext
+from effzoo.plugin import Component, MixContext, ModelConfig
 
 from .kernels import (
     causal_conv1d_missing,
@@ -30,8 +29,10 @@ from .selective_scan_reference import selective_scan_parallel, selective_scan_st
 MAMBA1_D_STATE = 16
 
 
-class Mamba1Mixer(nn.Module):
+class Mamba1Mixer(Component):
     """(B, T, d_model) -> (B, T, d_model): x/z projection, causal conv, input-dependent dt/B/C, scan."""
+
+    residual_projections = ("out_proj",)
 
     def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
@@ -51,9 +52,9 @@ class Mamba1Mixer(nn.Module):
         self.A_log = nn.Parameter(torch.empty(self.d_inner, self.d_state))
         self.D = nn.Parameter(torch.empty(self.d_inner))
         self.out_proj = nn.Linear(self.d_inner, cfg.d_model, bias=False)
-        self._init_weights()
+        self.init_weights()
 
-    def _init_weights(self) -> None:
+    def init_weights(self) -> None:
         init_conv(self.conv_weight, self.conv_bias)
         bound = self.dt_rank ** -0.5
         nn.init.uniform_(self.dt_proj.weight, -bound, bound)

@@ -5,8 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from effzoo.config import ModelConfig
-from effzoo.interfaces import MixContext
+from effzoo.plugin import Component, MixContext, ModelConfig
 
 from .kernels import (
     causal_conv1d_missing,
@@ -29,8 +28,10 @@ from .ssd_reference import ssd_step
 MAMBA2_D_STATE = 128
 
 
-class Mamba2Mixer(nn.Module):
+class Mamba2Mixer(Component):
     """(B, T, d_model) -> (B, T, d_model) through a multi-head SSD with scalar decay per head."""
+
+    residual_projections = ("out_proj",)
 
     def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
@@ -56,9 +57,9 @@ class Mamba2Mixer(nn.Module):
         self.D = nn.Parameter(torch.empty(self.n_heads))
         self.norm = GatedRMSNorm(self.d_inner, self.n_groups, cfg.norm_eps)
         self.out_proj = nn.Linear(self.d_inner, cfg.d_model, bias=False)
-        self._init_weights()
+        self.init_weights()
 
-    def _init_weights(self) -> None:
+    def init_weights(self) -> None:
         init_conv(self.conv_weight, self.conv_bias)
         init_dt_bias(self.dt_bias, *self.dt_range)
         with torch.no_grad():

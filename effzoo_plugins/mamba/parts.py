@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from effzoo.errors import ConfigError
+from effzoo.plugin import Component, ConfigError
 
 
 @dataclass
@@ -79,7 +79,7 @@ def init_dt_bias(bias: Tensor, dt_min: float, dt_max: float, floor: float = 1e-4
         bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
 
 
-class GatedRMSNorm(nn.Module):
+class GatedRMSNorm(Component):
     """RMSNorm of ``y · silu(z)`` per group of channels (Mamba-2's output norm)."""
 
     def __init__(self, dim: int, groups: int = 1, eps: float = 1e-5) -> None:
@@ -92,5 +92,5 @@ class GatedRMSNorm(nn.Module):
         normed = F.rms_norm(gated, (gated.shape[-1],), eps=self.eps).flatten(-2)
         return normed * self.weight
 
-    def _init_weights(self) -> None:
+    def init_weights(self) -> None:
         nn.init.ones_(self.weight)

@@ -8,30 +8,38 @@ from __future__ import annotations
 
 from typing import Any
 
-from effzoo.hookspecs import hookimpl
-from effzoo.registry import Capabilities
+from effzoo import plugin
+from effzoo.plugin import Capabilities
 
 MOE_OPTIONS: dict[str, Any] = {
-    "n_experts": 8,
-    "top_k": 2,
-    "router": "topk",
-    "moe_ffn_hidden": lambda config: config["ffn_hidden"],
-    "shared_expert_hidden": 0,
+    "n_experts": plugin.positive_int(8),
+    "top_k": plugin.positive_int(2),
+    "moe_ffn_hidden": plugin.positive_int(lambda config: config["ffn_hidden"]),
+    "shared_expert_hidden": plugin.non_negative_int(0),
     "moe_backend": "auto",
 }
 
 ROUTER_OPTIONS: dict[str, Any] = {
-    "capacity_factor": None,
-    "aux_loss_coef": 0.01,
-    "z_loss_coef": 0.001,
-    "normalize_router_weights": True,
+    "capacity_factor": plugin.positive_float(None),
+    "aux_loss_coef": plugin.Option(0.01, float, low=0),
+    "z_loss_coef": plugin.Option(0.001, float, low=0),
+    "normalize_router_weights": plugin.Option(True, bool),
 }
 
 
-@hookimpl
-def effzoo_register(register: Any) -> None:
+def dense_against_moe(sizes: list[str] | None) -> list[tuple[str, str, str]]:
+    """The MoE group's rows: dense baselines against 8-expert top-2 models. Without sizes the paper's
+    table (dense 1.5B / 3B against 0.5B×8 / 1.5B×8), else ``Dense S`` and ``MoE Sx8`` per size S."""
+    if sizes is None:
+        return [("Dense", "gqa", "1.5B"), ("Dense", "gqa", "3B"), ("MoE", "moe", "0.5Bx8"), ("MoE", "moe", "1.5Bx8")]
+    return [row for size in sizes for row in (("Dense", "gqa", size), ("MoE", "moe", f"{size}x8"))]
+
+
+@plugin.hookimpl
+def effzoo_register(register: plugin.Registrar) -> None:
     register.add_ffn(
         "moe", "effzoo_plugins.moe.layer:moe_ffn", options=MOE_OPTIONS, aliases=["mixture_of_experts"],
+        uses={"router": "topk"},
         capabilities=Capabilities(moe=True, fast_path="grouped_mm"),
         description="Mixture of SwiGLU experts, sorted dispatch + grouped GEMM, optional shared expert",
     )
@@ -46,7 +54,8 @@ def effzoo_register(register: Any) -> None:
         description="Noisy top-k gating (Shazeer et al. 2017): learned per-expert Gaussian logit noise",
     )
     register.add_variant(
-        "moe", family="qwen2.5", group="moe", defaults={"ffn": "moe"}, aliases=["mixture_of_experts"],
+        "moe", family="qwen2.5", group="moe", defaults={"block": "transformer", "position": "rope", "ffn": "moe"}, aliases=["mixture_of_experts"],
         capabilities=Capabilities(moe=True, fast_path="grouped_mm"),
         description="Qwen2.5 with every FFN a mixture of experts, 8 experts top-2 (sizes '0.5Bx8', '1.5Bx8')",
     )
+    register.add_suite("moe", default_sizes=(), order=2, pairing=dense_against_moe)

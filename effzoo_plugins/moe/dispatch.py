@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from effzoo.errors import ConfigError
-from effzoo.interfaces import Routing
+from effzoo.plugin import ConfigError
+from effzoo.plugin import Routing
 
 from .routers import expert_counts
 

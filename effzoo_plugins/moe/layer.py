@@ -4,19 +4,31 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from effzoo.config import ModelConfig
-from effzoo.errors import ConfigError
-from effzoo.interfaces import MixContext
-from effzoo.model.parts import build_component
-from effzoo_plugins.feedforward import SwiGLU
+from effzoo.plugin import Component, ConfigError, FeedForward, MixContext, ModelConfig, build_component
 
 from . import MOE_OPTIONS
 from .dispatch import check_backend, moe_swiglu
 
 
-class GroupedExperts(nn.Module):
+class SharedExpert(FeedForward):
+    """The always-on dense SwiGLU expert beside the routed ones: down(silu(gate(x)) * up(x))."""
+
+    residual_projections = ("down_proj",)
+
+    def __init__(self, d_model: int, hidden: int, bias: bool = False) -> None:
+        super().__init__()
+        self.gate_up_proj = nn.Linear(d_model, 2 * hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, d_model, bias=bias)
+
+    def forward(self, x: Tensor, ctx: MixContext | None = None) -> Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class GroupedExperts(Component):
     """E bias-free SwiGLU experts stored as stacked weights in ``nn.Linear`` layout."""
 
     def __init__(self, n_experts: int, d_model: int, hidden: int, init_std: float, residual_std: float) -> None:
@@ -29,12 +41,12 @@ class GroupedExperts(nn.Module):
         """Weights of one expert (gate, up and down projections)."""
         return (self.gate_up_proj.numel() + self.down_proj.numel()) // self.gate_up_proj.shape[0]
 
-    def _init_weights(self) -> None:
+    def init_weights(self) -> None:
         nn.init.normal_(self.gate_up_proj, 0.0, self.init_std)
         nn.init.normal_(self.down_proj, 0.0, self.residual_std)
 
 
-class MoEFeedForward(nn.Module):
+class MoEFeedForward(FeedForward):
     """x -> Σ_k weight_k · expert_k(x) (+ shared expert(x)); aux loss and per-layer stats go to ``ctx``."""
 
     def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
@@ -42,11 +54,11 @@ class MoEFeedForward(nn.Module):
         self.layer = layer
         self.n_experts, self.top_k = int(cfg.opt("n_experts")), int(cfg.opt("top_k"))
         hidden = int(cfg.opt("moe_ffn_hidden"))
-        shared = int(cfg.opt("shared_expert_hidden", MOE_OPTIONS["shared_expert_hidden"]))
+        shared = int(cfg.opt("shared_expert_hidden", MOE_OPTIONS["shared_expert_hidden"].default))
         self.backend = check_backend(str(cfg.opt("moe_backend", MOE_OPTIONS["moe_backend"])))
         if hidden <= 0 or shared < 0:
             raise ConfigError(f"moe_ffn_hidden must be positive and shared_expert_hidden >= 0, got {hidden}, {shared}")
-        router = cfg.opt("router", MOE_OPTIONS["router"])
+        router = cfg.opt("router")
         self.router = build_component("router", router, cfg, layer)
         if (self.router.n_experts, self.router.top_k) != (self.n_experts, self.top_k):
             raise ConfigError(
@@ -56,7 +68,7 @@ class MoEFeedForward(nn.Module):
             )
         residual_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
         self.experts = GroupedExperts(self.n_experts, cfg.d_model, hidden, cfg.init_std, residual_std)
-        self.shared_expert = SwiGLU(cfg.d_model, shared, cfg.mlp_bias) if shared else None
+        self.shared_expert = SharedExpert(cfg.d_model, shared, cfg.mlp_bias) if shared else None
 
     def forward(self, x: Tensor, ctx: MixContext | None = None) -> Tensor:
         tokens = x.reshape(-1, x.shape[-1])

@@ -21,9 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from effzoo.config import ModelConfig
-from effzoo.errors import ConfigError
-from effzoo.interfaces import Router, Routing
+from effzoo.plugin import ConfigError, ModelConfig, Router, Routing
 
 from . import ROUTER_OPTIONS
 
@@ -135,14 +133,14 @@ class NoisyTopKRouter(TopKRouter):
             scale = F.softplus(F.linear(x.float(), self.noise.weight.float()))
         return clean + torch.randn_like(clean) * scale
 
-    def _init_weights(self) -> None:
+    def init_weights(self) -> None:
         nn.init.zeros_(self.noise.weight)  # as Shazeer et al.: noise std starts at softplus(0) ≈ 0.69, then learned
 
 
 def _router_kwargs(cfg: ModelConfig) -> dict[str, object]:
     """The shared router options (ROUTER_OPTIONS' defaults where a config predates an option)."""
     def option(name: str) -> object:
-        return cfg.opt(name, ROUTER_OPTIONS[name])
+        return cfg.opt(name, ROUTER_OPTIONS[name].default)
 
     factor = option("capacity_factor")
     return dict(

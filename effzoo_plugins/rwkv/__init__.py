@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from effzoo.hookspecs import hookimpl
-from effzoo.registry import Capabilities
-from effzoo_plugins.transformer import QWEN25_VOCAB
+from effzoo import plugin
+from effzoo.plugin import Capabilities
+from effzoo_plugins.common import QWEN25_VOCAB
 
 
 def lora_rank(d_model: int, scale: float, power: float) -> int:
@@ -23,14 +23,14 @@ def _rank(scale: float, power: float) -> Any:
 
 
 BLOCK_OPTIONS: dict[str, Any] = {
-    "rwkv_head_size": 64,
-    "rwkv_decay_lora": _rank(1.8, 0.5),
-    "rwkv_iclr_lora": _rank(1.8, 0.5),
-    "rwkv_value_lora": _rank(1.3, 0.5),
-    "rwkv_gate_lora": _rank(0.6, 0.8),
-    "rwkv_value_residual": True,
+    "rwkv_head_size": plugin.positive_int(64),
+    "rwkv_decay_lora": plugin.positive_int(_rank(1.8, 0.5)),
+    "rwkv_iclr_lora": plugin.positive_int(_rank(1.8, 0.5)),
+    "rwkv_value_lora": plugin.positive_int(_rank(1.3, 0.5)),
+    "rwkv_gate_lora": plugin.positive_int(_rank(0.6, 0.8)),
+    "rwkv_value_residual": plugin.Option(True, bool),
     "rwkv_kernel": "auto",
-    "rwkv_chunk_size": None,  # None: 32 tokens (PyTorch form), 64 (Triton scan)
+    "rwkv_chunk_size": plugin.positive_int(None),  # None: 32 tokens (PyTorch form), 64 (Triton scan)
 }
 
 _REAL = dict(vocab_size=QWEN25_VOCAB, max_seq_len=32_768)
@@ -43,13 +43,13 @@ RWKV_SIZES = {
     "3B": dict(_REAL, d_model=2560, n_layers=40, n_heads=40, n_kv_heads=40, ffn_hidden=10240),
 }
 
-RWKV7_DEFAULTS = dict(block="rwkv7", position="none", norm="layernorm", norm_eps=1e-5, tie_embeddings=False)
+RWKV7_DEFAULTS = dict(block="rwkv7", norm_eps=1e-5, tie_embeddings=False)
 
 
-@hookimpl
-def effzoo_register(register: Any) -> None:
+@plugin.hookimpl
+def effzoo_register(register: plugin.Registrar) -> None:
     register.add_block(
-        "rwkv7", "effzoo_plugins.rwkv.block:rwkv7_block", aliases=["rwkv", "goose"], options=BLOCK_OPTIONS,
+        "rwkv7", "effzoo_plugins.rwkv.block:rwkv7_block", aliases=["rwkv", "goose"], options=BLOCK_OPTIONS, uses={"norm": "layernorm"},
         capabilities=Capabilities(kv_cache=False, recurrent=True, fast_path="fla/triton"),
         description="RWKV-7 time-mix (generalised delta rule) + squared-ReLU channel-mix, with token shift",
     )
@@ -59,3 +59,4 @@ def effzoo_register(register: Any) -> None:
         capabilities=Capabilities(kv_cache=False, recurrent=True, fast_path="fla/triton", positions=("none",)),
         description="RWKV-7 'Goose': attention-free recurrent mixer with a generalised delta rule (Peng et al. 2025)",
     )
+    register.add_suite_method("attention-free", "RWKV", "rwkv", order=3)

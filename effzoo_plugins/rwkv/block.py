@@ -28,10 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from effzoo.config import ModelConfig
-from effzoo.errors import ConfigError
-from effzoo.interfaces import MixContext, MixerBlock
-from effzoo.model.parts import make_norm
+from effzoo.plugin import Component, ConfigError, MixContext, MixerBlock, ModelConfig, make_norm
 
 from .kernels import LOG_DECAY_BOUND, check_kernel, wkv7
 
@@ -56,8 +53,10 @@ class RWKV7State:
     wkv: Tensor  # (B, H, K, K) float32
 
 
-class TimeMix(nn.Module):
+class TimeMix(Component):
     """RWKV-7 time mixing; ``first`` marks the layer whose values feed the value residual."""
+
+    residual_projections = ("out_proj",)
 
     def __init__(self, cfg: ModelConfig, layer: int, first: bool) -> None:
         super().__init__()
@@ -96,7 +95,7 @@ class TimeMix(nn.Module):
         self.out_norm_bias = nn.Parameter(torch.empty(d))
 
     @torch.no_grad()
-    def _init_weights(self) -> None:
+    def init_weights(self) -> None:
         """Channel ramps for token shift and decay, zero up-projections (data dependence starts at 0)."""
         d = self.shift_mix.shape[1]
         device = self.shift_mix.device
@@ -159,8 +158,10 @@ class TimeMix(nn.Module):
         return self.out_proj((out + bonus) * gate), wkv_state
 
 
-class ChannelMix(nn.Module):
+class ChannelMix(Component):
     """Squared-ReLU feed-forward on token-shifted input."""
+
+    residual_projections = ("down_proj",)
 
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
@@ -170,7 +171,7 @@ class ChannelMix(nn.Module):
         self.down_proj = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)
 
     @torch.no_grad()
-    def _init_weights(self) -> None:
+    def init_weights(self) -> None:
         d = self.shift_mix.shape[0]
         ramp = torch.arange(d, device=self.shift_mix.device, dtype=torch.float32) / d
         self.shift_mix.copy_(1.0 - ramp ** (1.0 - self.layer / max(self.n_layers, 1)))

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from effzoo.errors import ConfigError
+from effzoo.plugin import ConfigError
 from effzoo_plugins.feature_detection import installed, triton_interpreting
 
 from .reference import wkv7_chunked, wkv7_sequential
