@@ -7,6 +7,12 @@ gradients (softmax − one-hot) right away, and freed. The forward pass therefor
 gradients of ``hidden`` and ``weight`` (no recomputation in backward), and peak memory holds one
 chunk of logits instead of tokens × vocabulary floats (5 GB at batch 4 × 2048 × 151,936 in fp32).
 Matmuls run in the autocast dtype when autocast is on, the softmax in fp32.
+
+Chunking pays only when memory is the limit: when all the fp32 logits fit in ``budget_bytes``
+(``LOGITS_BUDGET``, 512 MB) the plain head + ``F.cross_entropy`` runs instead (same function, no slower:
+one large matmul, no per-chunk work; tiny and small models on CPU; not for fp16, whose gradients need
+the chunked path's deferred 1/count), and otherwise chunks hold about
+``budget_bytes`` of logits each, so the memory saved is everything above one budget.
 """
 from __future__ import annotations
 
@@ -15,11 +21,26 @@ from torch import Tensor
 
 IGNORE_INDEX = -100
 CHUNK_ELEMENTS = 1 << 27  # fp32 logits per chunk: 512 MB
+LOGITS_BUDGET = 4 * CHUNK_ELEMENTS  # bytes of fp32 logits below which the unfused head + loss runs
 
 
 def chunk_rows(vocab_size: int, elements: int = CHUNK_ELEMENTS) -> int:
     """Tokens per chunk so a chunk of fp32 logits holds about ``elements`` values (multiple of 128)."""
     return max(128, (elements // vocab_size) // 128 * 128)
+
+
+def uses_chunks(tokens: int, vocab_size: int, budget_bytes: int = LOGITS_BUDGET) -> bool:
+    """Whether the fp32 logits of ``tokens`` rows exceed ``budget_bytes`` (then chunking saves memory)."""
+    return 4 * tokens * vocab_size > budget_bytes
+
+
+def _unfused(hidden: Tensor, weight: Tensor, targets: Tensor, compute_dtype: torch.dtype) -> Tensor:
+    """The plain head + loss in the same precision as the chunked path: matmul in ``compute_dtype``,
+    softmax in fp32 at least."""
+    acc = torch.promote_types(compute_dtype, torch.float32)
+    with torch.autocast(hidden.device.type, enabled=False):
+        logits = (hidden.to(compute_dtype) @ weight.to(compute_dtype).T).to(acc)
+    return torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
 
 
 def _overflow_guard(h: Tensor, rows: int, dtype: torch.dtype) -> Tensor | None:
@@ -86,9 +107,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None, None
 
 
-def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, rows: int | None = None) -> Tensor:
-    """Mean cross-entropy of ``hidden`` (N, d) @ ``weight`` (V, d).T against ``targets`` (N,)."""
+def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, rows: int | None = None,
+                         budget_bytes: int = LOGITS_BUDGET) -> Tensor:
+    """Mean cross-entropy of ``hidden`` (N, d) @ ``weight`` (V, d).T against ``targets`` (N,).
+
+    ``rows`` forces the chunked path with that many tokens per chunk; by default the plain path runs
+    when the fp32 logits fit in ``budget_bytes`` (not in fp16), else chunks of about ``budget_bytes``."""
     device_type = hidden.device.type
     autocast_on = torch.is_autocast_enabled(device_type)
     compute_dtype = torch.get_autocast_dtype(device_type) if autocast_on else hidden.dtype
-    return _LinearCrossEntropy.apply(hidden, weight, targets, rows or chunk_rows(weight.shape[0]), compute_dtype)
+    vocab = weight.shape[0]
+    if rows is None:
+        # fp16 always chunks: its gradients need the deferred 1/count and the overflow guard below
+        if compute_dtype != torch.float16 and not uses_chunks(hidden.shape[0], vocab, budget_bytes):
+            return _unfused(hidden, weight, targets, compute_dtype)
+        rows = chunk_rows(vocab, budget_bytes // 4)
+    return _LinearCrossEntropy.apply(hidden, weight, targets, rows, compute_dtype)
