@@ -73,7 +73,8 @@ def test_tables_carry_their_caption_and_the_reason_of_empty_cells(position_suite
     assert f"MFU against a peak of {rows[0]['peak_tflops']:.3g} TFLOP/s" in text
     for row in rows:
         metrics = json.loads((Path(row["run_dir"]) / "metrics.json").read_text())
-        assert row["mfu"] == pytest.approx(row["tokens_per_s"] * metrics["flops_per_token"] / (row["peak_tflops"] * 1e12))
+        achieved = row["tokens_per_s"] * metrics["flops_per_token"]
+        assert row["mfu"] == pytest.approx(achieved / (row["peak_tflops"] * 1e12))
 
 
 def test_numbers_come_from_the_runs(position_suite):
@@ -192,6 +193,23 @@ def test_report_and_plot_commands(position_suite, tmp_path, capsys):
     target = tmp_path / "loss.png"
     assert main(["plot", rows[0]["run_dir"], rows[1]["run_dir"], "--output", str(target), "--smooth-window", "2"]) == 0
     assert target.stat().st_size > 0
+
+
+def test_report_reads_a_copied_results_folder(position_suite, tmp_path, capsys):
+    """run_dir relative to the folder (a suite run with a relative --out) is found; a copy without its
+    run folders still gives tables and radar charts, and says why the loss curves are missing."""
+    out, rows = position_suite
+    relative = [{**r, "run_dir": str(Path(r["run_dir"]).relative_to(out))} for r in rows]
+    with_runs, without = tmp_path / "with-runs", tmp_path / "without"
+    for folder in (with_runs, without):
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps(relative))
+    (with_runs / "runs").symlink_to(out / "runs")
+    assert main(["report", str(with_runs), "--out", str(tmp_path / "r1")]) == 0
+    assert (tmp_path / "r1" / "loss-position.png").exists()
+    assert main(["report", str(without), "--out", str(tmp_path / "r2")]) == 0
+    assert (tmp_path / "r2" / "radar-position.png").exists() and not (tmp_path / "r2" / "loss-position.png").exists()
+    assert "no training log for RoPE" in capsys.readouterr().err
 
 
 @pytest.mark.slow

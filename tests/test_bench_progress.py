@@ -43,7 +43,8 @@ def test_eta_comes_from_the_measured_speed():
     lines = out.getvalue().splitlines()
     assert lines[0] == "effzoo bench: [1/3] a: started | 0/3 variants done, 3 left | ETA estimating"
     assert lines[1] == "effzoo bench:   a: step 5/10 | 0/3 variants done, 3 left | elapsed 4s | ETA 20s"
-    assert lines[2] == "effzoo bench:   a: measuring decode and throughput | 0/3 variants done, 3 left | elapsed 8s | ETA 16s"
+    assert lines[2] == ("effzoo bench:   a: measuring decode and throughput | 0/3 variants done, 3 left | "
+                        "elapsed 8s | ETA 16s")
     assert lines[3] == "effzoo bench: [1/3] a: done | 1/3 variants done, 2 left | ETA 20s"
     assert lines[4] == "effzoo bench: [2/3] b: started | 1/3 variants done, 2 left | ETA 20s"
     assert len(lines) == 5  # b's step at 1 s is within the 4 s interval: no line

@@ -98,13 +98,6 @@ class SuiteProgress:
         elif self.mode == "plain":
             self._print(f"{message} | {self._counts()} | ETA {self._eta_text()}")
 
-    def note(self, message: str) -> None:
-        """A line outside the bars (a reused row, a failure)."""
-        if self._bars:
-            self._bars[0].write(message, file=self.stream)
-        elif self.mode == "plain":
-            self._print(message)
-
     def close(self) -> None:
         if self._bars:
             for bar in reversed(self._bars):

@@ -26,6 +26,7 @@ import torch
 
 from ..analysis import info
 from ..atomic import write_json
+from ..errors import EffzooError
 from ..pretrained import from_pretrained
 from .progress import SuiteProgress, choose_mode
 from .suites import Entry, suite_entries
@@ -302,8 +303,17 @@ def write_report(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         slug = group.replace(" ", "-")
         paths.append(plots.radar_chart(members, out / f"radar-{slug}.png",
                                        f"{group}: each metric relative to the group's best (outward = better)"))
-        curves = {f"{r['method']} {r['size']}": read_loss_curve(r["run_dir"]) for r in members}
-        paths.append(plots.loss_curves(curves, out / f"loss-{slug}.png", title=f"{group}: training loss"))
+        curves, missing = {}, []
+        for r in members:  # a copied results folder may come without its run folders
+            try:
+                curves[f"{r['method']} {r['size']}"] = read_loss_curve(r["run_dir"])
+            except EffzooError:
+                missing.append(r["method"])
+        if missing:
+            print(f"effzoo: {group}: no training log for {', '.join(missing)} (run folders not found), so their "
+                  "loss curves are not drawn", file=sys.stderr)
+        if curves:
+            paths.append(plots.loss_curves(curves, out / f"loss-{slug}.png", title=f"{group}: training loss"))
         sweeps = {f"{r['method']} {r['size']}": [tuple(p) for p in r.get("throughput_sweep", [])] for r in members}
         if any(sweeps.values()):
             paths.append(plots.throughput_chart(sweeps, out / f"throughput-{slug}.png",

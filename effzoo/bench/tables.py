@@ -77,7 +77,7 @@ def _distinct(rows: Sequence[Row], key: str) -> list[Any]:
 
 
 def _joined(values: Sequence[Any], fmt: str = "") -> str:
-    return " / ".join(format(v, fmt) for v in values) if values else "unknown"
+    return " / ".join(format(v, fmt) for v in values)
 
 
 def headers(rows: Sequence[Row], columns: Sequence[Column]) -> list[str]:
@@ -87,30 +87,33 @@ def headers(rows: Sequence[Row], columns: Sequence[Column]) -> list[str]:
 
 
 def caption(rows: Sequence[Row]) -> str:
-    """What the numbers were measured on: device, torch, dtype, steps, tokens, length, sizes, date, peak."""
+    """What the numbers were measured on: device, torch, dtype, steps, tokens, length, sizes, date, peak
+    (each part the rows record; several values are joined with ' / ')."""
     ok = _ok(rows)
     if not ok:
-        return "No entry finished; see the errors in results.json."
+        return "No entry finished; the errors are in the notes."
+
+    def field(key: str, text: str, fmt: str = "") -> str | None:
+        values = _distinct(ok, key)
+        return text.format(_joined(values, fmt)) if values else None
+
     params = [r["params"] for r in ok if r.get("params")]
-    size_text = _joined(_distinct(ok, "size"))
-    if params:
-        size_text += f" ({params_label(min(params))}–{params_label(max(params))} parameters)"
-    steps, batches, lengths = _distinct(ok, "steps"), _distinct(ok, "batch_size"), _distinct(ok, "context_length")
-    tokens = _distinct(ok, "tokens")
-    parts = [
-        f"{_joined(_distinct(ok, 'device'))}, torch {_joined(_distinct(ok, 'torch_version'))}, "
-        f"{_joined(_distinct(ok, 'dtype'))}",
-        f"{_joined(steps)} steps × batch {_joined(batches)} × {_joined(lengths)} tokens = "
-        f"{_joined(tokens, ',')} training tokens per model",
-        f"sizes {size_text}",
-        f"measured {_joined(_distinct(ok, 'date'))}",
-    ]
+    sizes = field("size", "sizes {}")
+    if sizes and params:
+        sizes += f" ({params_label(min(params))}–{params_label(max(params))} parameters)"
+    shape = [field("steps", "{} steps"), field("batch_size", "batch {}"), field("context_length", "{} tokens")]
+    training = " × ".join(p for p in shape if p)
+    tokens = field("tokens", "{} training tokens per model", ",")
+    if tokens:
+        training = f"{training} = {tokens}" if training else tokens
+    setup = ", ".join(p for p in (field("device", "{}"), field("torch_version", "torch {}"), field("dtype", "{}")) if p)
+    parts = [setup, training, sizes, field("date", "measured {}")]
     peaks = [(r["peak_tflops"], r.get("peak_source")) for r in ok if r.get("peak_tflops")]
     if peaks:
         sources = _joined(list(dict.fromkeys(source for _, source in peaks if source)))
         parts.append(f"MFU against a peak of {_joined(list(dict.fromkeys(p for p, _ in peaks)), '.3g')} "
-                     f"TFLOP/s per device ({sources})")
-    text = "; ".join(parts) + "."
+                     f"TFLOP/s per device" + (f" ({sources})" if sources else ""))
+    text = "; ".join(p for p in parts if p) + "."
     if params and max(params) < TINY_PARAMS:
         text += " Tiny models: this shows the pipeline, not the architectures' ranking."
     return text

@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode-tokens", type=int, help="new tokens for the decode-throughput measurement")
     parser.add_argument("--sweep", help="sequence lengths for the throughput sweep, e.g. 2048,4096,8192 ('' = off)")
     parser.add_argument("--peak-tflops", type=float,
-                        help="per-device peak TFLOP/s for MFU (default: the GPU's table; on CPU measured once per suite)")
+                        help="per-device peak TFLOP/s for MFU (default: the GPU's table; on CPU measured once "
+                             "per suite)")
     parser.add_argument("--threads", type=int,
                         help="CPU threads of each variant's process (default: the available cores that are idle "
                              "when the suite starts)")

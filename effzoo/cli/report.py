@@ -24,8 +24,12 @@ def rows_from(source: Path) -> list[dict[str, Any]]:
     if results.exists():
         rows = []
         for row in json.loads(results.read_text()):
-            fresh = Path(row.get("run_dir", "")) / ROW_NAME
-            row = {**row, **json.loads(fresh.read_text())} if fresh.exists() else row
+            run_dir = Path(row.get("run_dir", ""))
+            if not run_dir.is_absolute() and (source / run_dir).is_dir():  # a suite run with a relative --out
+                row = {**row, "run_dir": str(source / run_dir)}
+            fresh = Path(row["run_dir"]) / ROW_NAME if row.get("run_dir") else None
+            row = {**row, **json.loads(fresh.read_text()), "run_dir": row["run_dir"]} \
+                if fresh is not None and fresh.exists() else row
             if "gpu_hours" in row and "device_hours" not in row:  # written before effzoo named them device hours
                 row["device_hours"] = row.pop("gpu_hours")
             rows.append(row)
