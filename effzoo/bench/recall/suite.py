@@ -32,7 +32,7 @@ from .train import TrainSettings, train_cell
 QUICK_SETTINGS: tuple[tuple[int, int], ...] = ((64, 4), (64, 16))
 QUICK_D_MODELS: tuple[int, ...] = (64,)
 QUICK_VARIANTS: tuple[str, ...] = ("gqa", "mamba", "rwkv")
-QUICK_TRAIN = TrainSettings(steps=500, batch_size=64)
+QUICK_TRAIN = TrainSettings(steps=600, batch_size=64)
 
 
 @dataclass
@@ -43,7 +43,7 @@ class RecallSettings:
     settings: tuple[tuple[int, int], ...] = FULL_SETTINGS
     d_models: tuple[int, ...] = FULL_D_MODELS
     train: TrainSettings = field(default_factory=TrainSettings)
-    train_examples: int = 20_000
+    train_examples: int = 60_000  # fewer, seen more often, and attention memorises instead of generalising
     test_examples: int = 1_000
     seed: int = 0
     out: str = "runs/bench/recall"

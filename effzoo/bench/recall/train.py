@@ -19,10 +19,10 @@ class TrainSettings:
     steps: int = 1500
     batch_size: int = 64
     lr: float = 3e-3
-    min_lr: float = 3e-4
-    warmup: int = 50
-    decay: float = 1.0  # fraction of the steps, at the end, over which the learning rate decays
-    weight_decay: float = 0.1
+    min_lr: float = 3e-5
+    warmup: int = 20
+    decay: float = 0.3  # fraction of the steps, at the end, over which the learning rate decays
+    weight_decay: float = 0.0
     eval_batch: int = 250
 
 
