@@ -196,3 +196,21 @@ def test_cuda_graph_decoding_equals_eager(position, compile):
     assert fast_decode._SESSIONS[model].graph is not None
     assert torch.equal(decoder.generate(prompt, 20), expected)  # replayed again from a fresh prefill
     assert decoder.path(prompt.device) == "graph" and torch.equal(model.generate(prompt, 20, fast=True), expected)
+
+
+def test_static_step_builds_its_causal_mask_once_not_per_layer():
+    """Every layer of a static step gets the same position tensors: one mask per step, and a new one when
+    the position buffer is written in place (the next token)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = _model(n_layers=4)
+    cache = model.new_cache(1, 16)
+    position = torch.tensor([3])
+    with torch.no_grad():
+        model(_prompt(1, 3), cache=cache, positions=torch.arange(3))
+        for step in range(2):
+            position.fill_(3 + step)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                model(_prompt(1, 1), cache=cache, positions=position)
+            masks = sum(e.count for e in prof.key_averages() if e.key == "aten::masked_fill")
+            assert masks == 1, f"step {step}: {masks} masks for 4 layers"

@@ -47,10 +47,32 @@ def _bias_and_mask(
     q_pos, k_pos = _query_key_positions(q_len, k_len, device, q_positions, k_positions)
     bias = position.bias(q_pos, k_pos) if position is not None else None
     if causal and (q_len > 1 or bias is not None or explicit):
-        future = k_pos[None, :] > q_pos[:, None]
-        causal_mask = torch.zeros(q_len, k_len, device=device).masked_fill(future, float("-inf"))
+        causal_mask = _causal_mask(q_pos, k_pos, reuse=explicit)
         bias = causal_mask[None] if bias is None else bias.float() + causal_mask
     return bias
+
+
+# The last causal mask built for explicit positions: every layer of a static decoding step passes the
+# same position tensors, so the step builds its mask once, not once per layer (also inside a CUDA graph:
+# the capture records the first layer's mask kernels and the later layers read that mask).
+# A mask built outside a capture is never reused inside one (the graph must contain the mask kernels).
+_LAST_MASK: list[tuple[Tensor, Tensor, tuple[int, int, bool], Tensor]] = []
+
+
+def _causal_mask(q_pos: Tensor, k_pos: Tensor, *, reuse: bool) -> Tensor:
+    """Float (Tq, Tk) mask, 0 where key position <= query position, -inf elsewhere. With ``reuse``, the
+    previous mask is returned while the same position tensors come back unchanged (same version)."""
+    reuse = reuse and not torch.compiler.is_compiling()
+    if reuse:
+        capturing = q_pos.is_cuda and torch.cuda.is_current_stream_capturing()
+        key = (q_pos._version, k_pos._version, capturing)
+        if _LAST_MASK and _LAST_MASK[0][0] is q_pos and _LAST_MASK[0][1] is k_pos and _LAST_MASK[0][2] == key:
+            return _LAST_MASK[0][3]
+    future = k_pos[None, :] > q_pos[:, None]
+    mask = torch.zeros(q_pos.shape[0], k_pos.shape[0], device=q_pos.device).masked_fill(future, float("-inf"))
+    if reuse:
+        _LAST_MASK[:] = [(q_pos, k_pos, key, mask)]
+    return mask
 
 
 def reference_attention(
