@@ -159,7 +159,7 @@ def with_peak(settings: BenchSettings, threads: int) -> BenchSettings:
         flops, how = matmul_peak_flops(torch.device("cpu"), dtype)
     finally:
         torch.set_num_threads(previous)
-    return replace(settings, peak_tflops=flops / 1e12, peak_source=f"{how}, {threads} threads")
+    return replace(settings, peak_tflops=flops / 1e12, peak_source=f"{how}, {threads} thread{'s' * (threads != 1)}")
 
 
 def child_threads(requested: int | None) -> int:
