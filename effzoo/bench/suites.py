@@ -72,7 +72,7 @@ def resolve_suites(name: str) -> list[Suite]:
     if name == "all":
         return list(table.values())
     if name not in table:
-        raise UnknownNameError("benchmark suite", name, [*table, "all"])
+        raise UnknownNameError("benchmark suite", name, [*table, "recall", "all"])  # recall: effzoo.bench.recall
     return [table[name]]
 
 
