@@ -64,7 +64,7 @@ def test_report_files_and_setting_note(tmp_path):
     text = md.read_text()
     assert "| MQA | 1.5B | 1.0M | 8.23 | 9.00 |" in text
     assert "Kendall τ" in text and "not a reproduction" in text
-    assert "1.0M–1.0M parameters" in text and "context 128" in text and "61,440" in text and "cpu" in text
+    assert "measured runs have 1.0M parameters" in text and "context 128" in text and "61,440" in text and "cpu" in text
     assert "48 NVIDIA GH200" in text and "8192" in text
     data = json.loads(js.read_text())
     assert [r["method"] for r in data["groups"][0]["rows"]][-1] == "Extra"  # unmatched rows are kept

@@ -90,6 +90,11 @@ def agreement(pairs: Sequence[tuple[Row | None, Row | None]], metric: str, lower
     return result
 
 
+def _span(values: Sequence[float], fmt: Any) -> str:
+    low, high = fmt(min(values)), fmt(max(values))
+    return low if low == high else f"{low}–{high}"
+
+
 def setting_note(rows: Sequence[Row]) -> str:
     """Where the measured setting differs from the paper's (size, context, tokens, hardware)."""
     setting = paper_data()["setting"]
@@ -97,8 +102,8 @@ def setting_note(rows: Sequence[Row]) -> str:
     contexts = sorted({int(r["context_length"]) for r in rows if _present(r.get("context_length"))})
     tokens = [r["tokens"] for r in rows if _present(r.get("tokens"))]
     devices = sorted({str(r["device"]) for r in rows if r.get("device")})
-    size = (f"{params_label(min(params))}–{params_label(max(params))} parameters" if params else "unknown size")
-    trained = f"{min(tokens):,.0f}–{max(tokens):,.0f} training tokens" if tokens else "an unknown number of tokens"
+    size = f"{_span(params, params_label)} parameters" if params else "unknown size"
+    trained = f"{_span(tokens, lambda n: f'{n:,.0f}')} training tokens" if tokens else "an unknown number of tokens"
     context = "context " + "/".join(map(str, contexts)) if contexts else "unknown context"
     hardware = ", ".join(devices) if devices else "unknown hardware"
     return (f"Setting: measured runs have {size}, {context}, {trained}, on {hardware}; the paper trains "
