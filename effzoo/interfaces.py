@@ -50,6 +50,14 @@ class Component(nn.Module):
         the pure-PyTorch path as fallback; return the kernel names installed (default: none)."""
         return []
 
+    def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
+        """How this module's own linear layers split over ``tp_size`` tensor-parallel ranks: a
+        ``parallelize_module`` plan of child names to ``effzoo.plugin.tensor_parallel`` styles, ``{}`` when
+        nothing of its own is sharded (it computes the same on every rank), or None (the default) when
+        the component has no plan and refuses tensor parallelism. Raise ConfigError when ``tp_size``
+        does not divide what the plan splits (heads, channels, experts)."""
+        return None
+
 
 class PositionalEncoding(Component):
     """Position information. Subclasses override the one place they act; the rest are identities.
@@ -64,6 +72,10 @@ class PositionalEncoding(Component):
     """
 
     kind: ClassVar[str] = "none"  # one of POSITION_KINDS
+
+    def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
+        """Positions and their tables are computed whole on every tensor-parallel rank: nothing to split."""
+        return {}
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
         """Token embeddings (B, T, d) -> embeddings with position information added."""

@@ -39,6 +39,10 @@ def import_torch_npu() -> Any | None:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "tensor_parallel":  # styles for Component.tensor_parallel_plan, imported when a plan is asked for
+        from . import tensor_parallel
+
+        return tensor_parallel
     if name in ("TensorCursor", "rope_settings", "unsupported_checkpoint"):  # effzoo.hf: only when asked for
         from .hf import checkpoint
 

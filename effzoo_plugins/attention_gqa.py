@@ -1,6 +1,8 @@
 """Multi-head attention with grouped keys/values: MHA (groups = heads), GQA (Qwen2.5), MQA (one KV head)."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -21,12 +23,13 @@ class GroupedQueryAttention(Attention):
 
     def forward(self, x: Tensor, ctx: MixContext, cache: KVCache | None = None) -> tuple[Tensor, KVCache | None]:
         batch, length, _ = x.shape
-        q, k, v = self.qkv_proj(x).split(
-            [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim], dim=-1
-        )
-        q = q.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        qkv = self.qkv_proj(x)
+        shards = (self.n_heads + 2 * self.n_kv_heads) * self.head_dim // qkv.shape[-1]  # > 1 under tensor parallel
+        n_heads, n_kv_heads = self.n_heads // shards, self.n_kv_heads // shards
+        q, k, v = qkv.split([n_heads * self.head_dim, n_kv_heads * self.head_dim, n_kv_heads * self.head_dim], dim=-1)
+        q = q.view(batch, length, n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(batch, length, n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(batch, length, n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = ctx.rotate_queries(q), ctx.rotate_keys(k)
         static = ctx.kv_positions is not None  # static-shape decoding: whole cache, device positions
         if cache is not None:
@@ -37,6 +40,14 @@ class GroupedQueryAttention(Attention):
 
     def supports_static_decode(self) -> bool:
         return True
+
+    def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
+        """Head split: each rank computes its own query heads and their key/value heads (the fused q|k|v
+        projection split per segment), and the output projection reduces over the ranks."""
+        tp = plugin.tensor_parallel
+        tp.check_divides("gqa attention", tp_size, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads)
+        segments = (self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim)
+        return {"qkv_proj": tp.FusedColwiseParallel(segments), "out_proj": tp.rowwise()}
 
     def init_cache(self, batch: int, max_len: int, device: torch.device, dtype: torch.dtype) -> KVCache:
         return KVCache(batch, self.n_kv_heads, max_len, self.head_dim, None, device, dtype)

@@ -165,7 +165,7 @@ class MultiHeadLatentAttention(Attention):
         """(B, T, d) -> q_nope (B, H, T, nope) and rotated q_rope (B, H, T, rope)."""
         batch, length, _ = x.shape
         q = self.q_proj(x) if self.dims.q_lora_rank is None else self.q_up(self.q_norm(self.q_down(x)))
-        q = q.view(batch, length, self.dims.n_heads, self.dims.qk).transpose(1, 2)
+        q = q.view(batch, length, -1, self.dims.qk).transpose(1, 2)  # -1: this rank's heads under tensor parallel
         q_nope, q_rope = q.split([self.dims.nope, self.dims.rope], dim=-1)
         return q_nope, ctx.rotate_queries(q_rope)
 
@@ -197,10 +197,10 @@ class MultiHeadLatentAttention(Attention):
         d = self.dims
         batch, _, keys, _ = entries.shape
         latent, k_rope = entries.split([d.kv_lora_rank, d.rope], dim=-1)
-        kv = self.kv_up(latent.squeeze(1)).view(batch, keys, d.n_heads, d.nope + d.value).transpose(1, 2)
+        kv = self.kv_up(latent.squeeze(1)).view(batch, keys, -1, d.nope + d.value).transpose(1, 2)
         k_nope, value = kv.split([d.nope, d.value], dim=-1)
         query = torch.cat((q_nope, q_rope), dim=-1)
-        key = torch.cat((k_nope, k_rope.expand(batch, d.n_heads, keys, d.rope)), dim=-1)
+        key = torch.cat((k_nope, k_rope.expand(batch, k_nope.shape[1], keys, d.rope)), dim=-1)
         return self._attend(query, key, value, ctx)
 
     def attend_absorbed(self, q_nope: Tensor, q_rope: Tensor, entries: Tensor, ctx: MixContext) -> Tensor:
@@ -226,6 +226,14 @@ class MultiHeadLatentAttention(Attention):
 
     def supports_static_decode(self) -> bool:
         return True
+
+    def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
+        """Head split: the query and key/value up-projections by heads (rows are head-major), the output
+        projection reduces; the latent (kv_down, kv_norm) and low-rank query input stay whole on every rank."""
+        tp = plugin.tensor_parallel
+        tp.check_divides("mla attention", tp_size, n_heads=self.dims.n_heads)
+        query = "q_proj" if self.dims.q_lora_rank is None else "q_up"
+        return {query: tp.colwise(), "kv_up": tp.colwise(), "out_proj": tp.rowwise()}
 
     # -- accounting --------------------------------------------------------------------------
     def init_cache(self, batch: int, max_len: int, device: torch.device, dtype: torch.dtype) -> LatentCache:

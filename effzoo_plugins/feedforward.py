@@ -1,6 +1,8 @@
 """Dense feed-forward networks: SwiGLU (Qwen2.5 / Llama) and GELU MLP (GPT-NeoX / Pythia)."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -27,6 +29,12 @@ class SwiGLU(FeedForward):
         """Static shapes, no host sync: safe inside a captured decoding step."""
         return True
 
+    def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
+        """Hidden-channel split: gate and up each split by rows (fused projection), down reduces."""
+        tp = plugin.tensor_parallel
+        tp.check_divides("swiglu feed-forward", tp_size, ffn_hidden=self.hidden)
+        return {"gate_up_proj": tp.FusedColwiseParallel((self.hidden, self.hidden)), "down_proj": tp.rowwise()}
+
 
 class GeluMLP(FeedForward):
     """down(gelu(up(x))) with biases, as GPT-NeoX."""
@@ -44,6 +52,12 @@ class GeluMLP(FeedForward):
     def supports_static_decode(self) -> bool:
         """Static shapes, no host sync: safe inside a captured decoding step."""
         return True
+
+    def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
+        """Hidden-channel split: up by columns, down by rows (one all-reduce)."""
+        tp = plugin.tensor_parallel
+        tp.check_divides("gelu feed-forward", tp_size, ffn_hidden=self.up_proj.out_features)
+        return {"up_proj": tp.colwise(), "down_proj": tp.rowwise()}
 
 
 def swiglu(cfg: ModelConfig, layer: int = 0) -> SwiGLU:

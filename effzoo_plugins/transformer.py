@@ -34,6 +34,10 @@ class TransformerBlock(MixerBlock):
         x = x + mixed
         return x + self.ffn(self.ffn_norm(x), ctx), state
 
+    def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
+        """The residual stream is whole on every rank; the attention and FFN declare their own splits."""
+        return {}
+
     def init_state(self, batch: int, max_len: int, device: torch.device, dtype: torch.dtype) -> Any:
         return self.mixer.init_cache(batch, max_len, device, dtype)
 

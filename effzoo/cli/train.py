@@ -2,6 +2,7 @@
 
     effzoo train gqa --size tiny --steps 20 --out runs/t
     torchrun --nproc-per-node 8 -m effzoo train gqa --size 1.5B --data tokens/ --tokens 1e9 --fsdp
+    torchrun --nproc-per-node 8 -m effzoo train gqa --size 0.5B --tp 2 --pp 2 --grad-accum 4 --steps 100
 """
 from __future__ import annotations
 
@@ -38,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     compile_.add_argument("--no-compile", dest="compile", action="store_false", default=None,
                           help="run eagerly, also on CUDA")
     parser.add_argument("--fsdp", action="store_true", default=None, help="shard with FSDP2 under torchrun")
+    parser.add_argument("--tp", type=int, help="tensor-parallel degree: heads and channels split over N ranks (default 1)")
+    parser.add_argument("--pp", type=int, help="pipeline stages: layers split over N ranks, micro-batches from "
+                                               "--grad-accum (default 1)")
+    parser.add_argument("--cp", type=int, help="context-parallel degree: the sequence split over N ranks "
+                                               "(CUDA SDPA attention only; default 1)")
+    parser.add_argument("--pp-schedule", choices=("1f1b", "gpipe"), help="pipeline schedule (default 1f1b)")
     parser.add_argument("--activation-checkpointing", action="store_true", default=None,
                         help="recompute block activations in backward to save memory")
     parser.add_argument("--no-fused-loss", dest="fused_loss", action="store_false", default=None,

@@ -58,6 +58,10 @@ class RMSNorm(Component):
     def init_weights(self) -> None:
         nn.init.ones_(self.weight)
 
+    def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
+        """Replicated: the residual stream it normalises is whole on every tensor-parallel rank."""
+        return {}
+
     def install_kernels(self, device_type: str) -> list[str]:
         from ..backends.npu import import_torch_npu
 
@@ -73,6 +77,10 @@ class LayerNorm(nn.LayerNorm, Component):
 
     def init_weights(self) -> None:
         self.reset_parameters()
+
+    def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
+        """Replicated: the residual stream it normalises is whole on every tensor-parallel rank."""
+        return {}
 
 
 def rmsnorm(cfg: ModelConfig, dim: int) -> RMSNorm:

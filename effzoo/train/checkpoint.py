@@ -30,11 +30,13 @@ from ..config import ModelConfig
 from ..data.manifest import file_sha256
 from ..errors import ConfigError, EffzooError
 from ..pretrained import CONFIG_NAME, WEIGHTS_NAME, write_config
-from .distributed import DistInfo, gather_objects
+from .distributed import DistInfo, barrier, gather_objects
+from .layout import Layout
 from .faults import fault_point
 
 LOG = logging.getLogger("effzoo.train")
 STATE_NAME = "trainer_state.pt"
+DCP_DIR = "dcp"  # a TP / PP / CP run's weights and optimizer state, by torch.distributed.checkpoint
 MANIFEST_NAME = "manifest.json"
 STALE_PREFIXES = (".tmp-", ".old-", ".del-")
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -72,7 +74,8 @@ def verify_checkpoint(path: Path) -> str | None:
         files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return f"{MANIFEST_NAME} is not readable"
-    for name in (CONFIG_NAME, WEIGHTS_NAME, STATE_NAME):
+    distributed = any(name.startswith(DCP_DIR + "/") for name in files)  # torch.distributed.checkpoint shards
+    for name in (CONFIG_NAME, STATE_NAME) if distributed else (CONFIG_NAME, WEIGHTS_NAME, STATE_NAME):
         if name not in files:
             return f"{MANIFEST_NAME} does not list {name}"
     for name, expected in files.items():
@@ -187,11 +190,15 @@ def tensor_bytes(obj: Any) -> int:
 
 def save_checkpoint(out: Path, step: int, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                     trainer_state: dict[str, Any], rng: dict[str, Any], info: DistInfo,
-                    keep: int | None) -> Path | None:
+                    keep: int | None, layout: Layout | None = None, config: ModelConfig | None = None) -> Path | None:
     """Collective: every rank calls it; rank 0 writes, then keeps the newest ``keep`` (None: all). Returns
-    the folder on rank 0. A failure on rank 0 (disk full) is raised on every rank as a ``CheckpointError``."""
+    the folder on rank 0. A failure on rank 0 (disk full) is raised on every rank as a ``CheckpointError``.
+    Under a TP / PP / CP ``layout`` every rank writes its shards with torch.distributed.checkpoint."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
+    if layout is not None and layout.model_parallel:
+        return save_distributed(out, step, model=model, optimizer=optimizer, trainer_state=trainer_state, rng=rng,
+                                info=info, keep=keep, config=config)
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathers FSDP shards, strips DDP names
     weights = get_model_state_dict(model, options=full)
     optim_state = get_optimizer_state_dict(model, optimizer, options=full)
@@ -293,12 +300,18 @@ def model_changes(path: Path, config: ModelConfig) -> list[str]:
 
 
 def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    info: DistInfo) -> dict[str, Any]:
+                    info: DistInfo, layout: Layout | None = None) -> dict[str, Any]:
     """Load weights and optimizer state into the (possibly wrapped) model; return the trainer state
-    with ``rng`` replaced by this rank's generator states."""
+    with ``rng`` replaced by this rank's generator states. A torch.distributed.checkpoint folder (written
+    under TP / PP / CP) loads under any layout; a single-file one under data parallel only."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
     if not (path / STATE_NAME).is_file():
         raise CheckpointError(f"{path} holds no {STATE_NAME}: a saved model, not a checkpoint to resume")
+    if (path / DCP_DIR).is_dir():
+        return load_distributed(path, model=model, optimizer=optimizer, info=info)
+    if layout is not None and layout.model_parallel:
+        raise CheckpointError(f"checkpoint {path} is a single-file data-parallel checkpoint; --tp/--pp/--cp runs "
+                              "resume from checkpoints written under such a layout (torch.distributed.checkpoint)")
     try:
         state = torch.load(path / STATE_NAME, map_location="cpu", weights_only=True)
         weights = load_file(str(path / WEIGHTS_NAME))
@@ -323,3 +336,111 @@ def finite_flag(model: nn.Module) -> torch.Tensor:
     """1.0 when every parameter (this rank's shard under FSDP) is finite, else 0.0, on the device."""
     flags = [torch.isfinite(p.to_local() if hasattr(p, "to_local") else p.detach()).all() for p in model.parameters()]
     return torch.stack(flags).all().float() if flags else torch.ones(())
+
+
+# -- torch.distributed.checkpoint: every layout -----------------------------------------------
+_FLAT = {"flatten_optimizer_state_dict": True}  # per-parameter keys: the same under every layout
+
+
+def _base(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _fused_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Parameters split per segment by ``FusedColwiseParallel`` (rows in tensor-parallel order), by name."""
+    from ..tensor_parallel import ROW_ORDER
+
+    return {name: p for name, p in _base(model).named_parameters() if hasattr(p, ROW_ORDER)}
+
+
+def _natural_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Model and optimizer state keyed the same under every layout, fused rows in natural order."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    from ..tensor_parallel import ROW_ORDER, natural_rows
+
+    weights = get_model_state_dict(model)
+    optim_state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(**_FLAT))
+    for name, param in _fused_parameters(model).items():
+        order = getattr(param, ROW_ORDER)
+        weights[name] = natural_rows(weights[name], order)
+        for key in [k for k in optim_state if k.startswith(f"state.{name}.")]:
+            if getattr(optim_state[key], "ndim", 0) == param.ndim:
+                optim_state[key] = natural_rows(optim_state[key], order)
+    return {"model": weights, "optim": optim_state}
+
+
+def save_distributed(out: Path, step: int, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     trainer_state: dict[str, Any], rng: dict[str, Any], info: DistInfo, keep: int | None,
+                     config: ModelConfig | None) -> Path | None:
+    """Every rank writes its shards into the staging folder with ``dcp.save``; rank 0 adds config, trainer
+    state and the manifest, and renames the folder into place (atomic like the single-file format)."""
+    import torch.distributed.checkpoint as dcp
+
+    target = checkpoint_dir(out) / f"step_{step:08d}"
+    staging = target.parent / f".tmp-{target.name}"
+    if info.is_main:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    barrier(info)
+    problem = None
+    try:
+        dcp.save(_natural_state(model, optimizer), checkpoint_id=str(staging / DCP_DIR))
+    except OSError as exc:
+        problem = f"cannot write checkpoint {staging}: {exc}"
+    rngs = gather_objects(rng, info)
+    problems = [p for p in gather_objects(problem, info) if p]
+    if info.is_main and not problems:
+        state = {**trainer_state, "step": step, "rng": rngs, "world_size": info.world_size}
+        try:
+            write_config(staging, config or _base(model).config)
+            torch.save(state, staging / STATE_NAME)
+            files = {}
+            for file in sorted(f for f in staging.rglob("*") if f.is_file()):
+                fsync_path(file)
+                name = file.relative_to(staging).as_posix()
+                files[name] = {"bytes": file.stat().st_size, "sha256": file_sha256(file)}
+            (staging / MANIFEST_NAME).write_text(json.dumps({"step": step, "files": files}, indent=2))
+            replace_dir(staging, target)
+            if keep is not None:
+                _apply_retention(out, keep)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            problem = f"cannot write checkpoint {staging}: {exc}"
+    problems += [p for p in gather_objects(problem if info.is_main else None, info) if p]
+    if problems:
+        raise CheckpointError(problems[0])
+    return target if info.is_main else None
+
+
+def load_distributed(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     info: DistInfo) -> dict[str, Any]:
+    """``dcp.load`` into this rank's parameters and optimizer state, resharded to the current layout."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    from ..tensor_parallel import ROW_ORDER, sharded_rows
+
+    try:
+        state = torch.load(path / STATE_NAME, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {type(exc).__name__}; it is damaged or was "
+                              "not written by effzoo") from exc
+    if state["world_size"] != info.world_size:
+        raise ConfigError(f"{path} was written by {state['world_size']} processes, this run has {info.world_size}; "
+                          "resume with the same number of processes for an exact continuation")
+    current = _natural_state(model, optimizer)
+    try:
+        dcp.load(current, checkpoint_id=str(path / DCP_DIR))
+        for name, param in _fused_parameters(model).items():
+            order = getattr(param, ROW_ORDER)
+            current["model"][name] = sharded_rows(current["model"][name], param, order)
+            for key in [k for k in current["optim"] if k.startswith(f"state.{name}.")]:
+                if getattr(current["optim"][key], "ndim", 0) == param.ndim:
+                    current["optim"][key] = sharded_rows(current["optim"][key], param, order)
+        set_model_state_dict(model, current["model"])
+        set_optimizer_state_dict(model, optimizer, current["optim"], options=StateDictOptions(**_FLAT))
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {str(exc).splitlines()[0]}") from exc
+    state["rng"] = state["rng"][info.rank]
+    return state

@@ -11,12 +11,16 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, unknown_keys_error
 
+if TYPE_CHECKING:
+    from .layout import Layout
+
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 BACKENDS = ("auto", "cuda", "npu", "cpu")
+PP_SCHEDULES = ("1f1b", "gpipe")
 
 
 @dataclass
@@ -46,6 +50,10 @@ class TrainConfig:
     backend: str = "auto"  # auto | cuda | npu | cpu
     compile: bool | None = None  # None = per-block torch.compile on CUDA, eager elsewhere; False = --no-compile
     fsdp: bool = False
+    tp: int = 1  # tensor-parallel degree (heads / channels split over ranks)
+    pp: int = 1  # pipeline stages (layers split over ranks); micro-batches = grad_accum
+    cp: int = 1  # context parallel (sequence split; CUDA SDPA only)
+    pp_schedule: str = "1f1b"  # 1f1b | gpipe
     activation_checkpointing: bool = False
     fused_loss: bool = True  # chunked linear + cross-entropy that never holds the full logits
     out: str | None = None  # None = runs/{variant}-{size}
@@ -112,9 +120,15 @@ class TrainConfig:
             return int(self.warmup_steps)
         return max(1, min(2000, total // 100))
 
-    def micro_batch(self, world_size: int) -> int:
-        """Sequences per device per micro-step."""
-        return self.batch_size // (world_size * self.grad_accum)
+    def micro_batch(self, dp_size: int) -> int:
+        """Sequences per data-parallel replica per micro-step."""
+        return self.batch_size // (dp_size * self.grad_accum)
+
+    def layout(self, world_size: int) -> "Layout":
+        """The TP x PP x CP x DP layout of ``world_size`` processes (ConfigError if it cannot be formed)."""
+        from .layout import resolve_layout
+
+        return resolve_layout(int(self.tp), int(self.pp), int(self.cp), world_size)
 
     def validate(self, world_size: int = 1) -> None:
         """Raise ConfigError on any setting that cannot work, before anything is built or loaded."""
@@ -140,11 +154,15 @@ class TrainConfig:
             raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
-        if self.batch_size % (world_size * self.grad_accum):
+        if self.pp_schedule not in PP_SCHEDULES:
+            raise ConfigError(f"unknown --pp-schedule {self.pp_schedule!r}; choose one of {', '.join(PP_SCHEDULES)}")
+        replicas = self.layout(world_size).dp
+        if self.batch_size % (replicas * self.grad_accum):
+            who = f"world size {world_size}" if replicas == world_size else f"data-parallel degree {replicas}"
             raise ConfigError(
-                f"batch size {self.batch_size} is not divisible by world size {world_size} x grad accumulation "
+                f"batch size {self.batch_size} is not divisible by {who} x grad accumulation "
                 f"{self.grad_accum}; the global batch must split evenly into per-device micro-batches "
-                f"(e.g. --batch-size {-(-self.batch_size // (world_size * self.grad_accum)) * world_size * self.grad_accum})"
+                f"(e.g. --batch-size {-(-self.batch_size // (replicas * self.grad_accum)) * replicas * self.grad_accum})"
             )
         if self.data is not None and not Path(self.data).expanduser().exists() \
                 and not Path(str(self.data) + ".idx").exists():

@@ -35,7 +35,9 @@ from .checkpoint import (
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_mean, env_info, gather_objects, init_distributed, setup_logging, shutdown
 from .optim import WarmupCosine, build_optimizer
-from .parallel import parallelize
+from .layout import Layout, check_layout
+from .model_parallel import replica_loss
+from .parallel import Parallelized, parallelize
 from .step import StepSettings, train_step
 
 LOG = logging.getLogger("effzoo.train")
@@ -122,6 +124,9 @@ def train(config: TrainConfig | dict[str, Any]) -> TrainResult:
     dataset = open_training_data(config)
     dataset.check_range()  # both splits, before step 1: a bad id must not surface at the first validation
     model_config = resolve_model_config(config, dataset.vocab_size, config.seq_len)
+    layout = config.layout(info.world_size)
+    check_layout(layout, model_config, backend=config.backend, grad_accum=config.grad_accum,
+                 schedule=config.pp_schedule, fsdp=config.fsdp)
     if resume_from is not None and not config.allow_model_change:
         changes = model_changes(resume_from, model_config)
         if changes:
@@ -134,13 +139,13 @@ def train(config: TrainConfig | dict[str, Any]) -> TrainResult:
     adapter.set_device()
     init_distributed(info, adapter.dist_backend, adapter.device)
     try:
-        return _run(config, info, adapter, dataset, model_config, resume_from)
+        return _run(config, info, adapter, dataset, model_config, resume_from, layout)
     finally:
         shutdown()
 
 
 def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: Any,
-         model_config: ModelConfig, resume_from: Path | None) -> TrainResult:
+         model_config: ModelConfig, resume_from: Path | None, layout: Layout) -> TrainResult:
     out = config.out_dir
     seq_len = config.seq_len or min(adapter.default_seq_len, model_config.max_seq_len)
     amp_dtype = adapter.resolve_dtype(config.dtype)
@@ -152,21 +157,26 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
     stats = model_stats(model, seq_len)
     params, flops_per_token = int(stats["params"]), float(stats["train_flops_per_token"])
     compiled = config.compile_on(adapter)
+    if layout.pp > 1 and adapter.grad_scaler(amp_dtype) is not None:
+        raise ConfigError("--pp cannot scale fp16 losses inside the pipeline schedule; use --dtype bf16 or fp32")
     plan = parallelize(model, info, adapter.device, compile=compiled, fsdp=config.fsdp,
-                       activation_checkpointing=config.activation_checkpointing, mp_dtype=amp_dtype)
+                       activation_checkpointing=config.activation_checkpointing, mp_dtype=amp_dtype, layout=layout,
+                       pp_schedule=config.pp_schedule, grad_accum=config.grad_accum, fused_loss=config.fused_loss)
     model = plan.model
     step_settings = StepSettings(
         grad_accum=config.grad_accum, grad_clip=config.grad_clip, amp_dtype=amp_dtype, fused_loss=config.fused_loss,
         attn_backend=adapter.attention_backend if model_config.attn_backend == "auto" else None)
 
     optimizer = build_optimizer(model, lr=config.lr, betas=(config.beta1, config.beta2),
-                                weight_decay=config.weight_decay, eps=config.eps, device_type=adapter.device.type)
+                                weight_decay=config.weight_decay, eps=config.eps, device_type=adapter.device.type,
+                                mixed_dtensors=layout.tp > 1)
     scaler = adapter.grad_scaler(amp_dtype)
     total_steps = config.total_steps(seq_len)
     schedule = WarmupCosine(optimizer, lr=config.lr, min_lr=config.min_lr,
                             warmup=config.warmup(total_steps), total=total_steps)
-    micro = config.micro_batch(info.world_size)
-    loader = dataset.loader("train", seq_len, micro, rank=info.rank, world_size=info.world_size,
+    micro = config.micro_batch(layout.dp)
+    replica = layout.replica(info.rank)  # TP / PP / CP ranks of one replica read the same batches
+    loader = dataset.loader("train", seq_len, micro, rank=replica, world_size=layout.dp,
                             seed=config.seed, mode=config.data_mode, device=adapter.device)
     eval_enabled = len(dataset.val) > seq_len
     if not eval_enabled:
@@ -177,7 +187,7 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
     start_step, previous_wall, last_checkpoint = 0, 0.0, None
     if resume_from is not None:
         path = resume_from
-        state = load_checkpoint(path, model=model, optimizer=optimizer, info=info)
+        state = load_checkpoint(path, model=model, optimizer=optimizer, info=info, layout=layout)
         schedule.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loader"])
         if scaler is not None and state.get("scaler"):
@@ -207,7 +217,7 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
                          "train_config": config.to_dict(), "wall_s": previous_wall + elapsed, "bad_steps": bad_steps}
         return save_checkpoint(out, step, model=model, optimizer=optimizer, trainer_state=trainer_state,
                                rng=rng_state(adapter.rng_state()), info=info,
-                               keep=config.keep_checkpoints if retain else None)
+                               keep=config.keep_checkpoints if retain else None, layout=layout, config=model_config)
 
     # the loop
     counters, losses, val_losses = RunCounters(), [], {}
@@ -263,7 +273,7 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
                 )
             paused = False
             if eval_enabled and ((config.eval_every and done % config.eval_every == 0) or done == total_steps):
-                val_loss = evaluate(model, dataset, seq_len, micro, config, info, adapter, amp_dtype,
+                val_loss = evaluate(plan, dataset, seq_len, micro, config, info, adapter, amp_dtype,
                                     step_settings.attn_backend)
                 val_losses[done] = counters.val_loss = val_loss
                 val_ppl = perplexity_of(val_loss)
@@ -288,7 +298,8 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
         "dtype": str(amp_dtype).removeprefix("torch."), "seq_len": seq_len, "global_batch": config.batch_size,
         "micro_batch": micro, "grad_accum": config.grad_accum, "total_steps": total_steps,
         "final_step": max(start_step, total_steps), "resumed_from": start_step if config.resume is not None else None,
-        "fsdp": plan.fsdp, "compile": compiled, "kernels": kernels,
+        "fsdp": plan.fsdp, "compile": compiled, "kernels": kernels, "layout": layout.name,
+        "tp": layout.tp, "pp": layout.pp, "cp": layout.cp, "dp": layout.dp,
         "non_embedding_params": int(stats["non_embedding_params"]),
     }
     metrics = summarize(counters=counters, samples=summaries, peak_memory=peaks, run=run_facts, params=params,
@@ -302,16 +313,43 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Any, seq_len: int, micro: int, config: TrainConfig, info: DistInfo,
+def evaluate(plan: Parallelized, dataset: Any, seq_len: int, micro: int, config: TrainConfig, info: DistInfo,
              adapter: BackendAdapter, amp_dtype: torch.dtype, attn_backend: str | None) -> float:
-    """Mean validation loss over the first ``eval_batches`` batches of the validation split (fixed order)."""
-    loader = dataset.loader("val", seq_len, micro, rank=info.rank, world_size=info.world_size, seed=0,
+    """Mean validation loss over the first ``eval_batches`` batches of the validation split (fixed order).
+    Under PP the batches go through the schedule ``grad_accum`` at a time (the last group may be partial)."""
+    layout, model = plan.layout, plan.model
+    loader = dataset.loader("val", seq_len, micro, rank=layout.replica(info.rank), world_size=layout.dp, seed=0,
                             mode="packed", shuffle=False, device=adapter.device)
     model.eval()
     total = torch.zeros((), device=adapter.device)
-    for _ in range(config.eval_batches):
-        inputs, targets = next(loader)
-        with adapter.autocast(amp_dtype):
-            total += model(inputs, targets, return_logits=False, backend=attn_backend).lm_loss.float()
+    if plan.schedule is not None:
+        total += pipeline_eval_sum(plan, loader, config, adapter, amp_dtype, attn_backend)
+    else:
+        for _ in range(config.eval_batches):
+            inputs, targets = next(loader)
+            with adapter.autocast(amp_dtype):
+                total += model(inputs, targets, return_logits=False, backend=attn_backend).lm_loss.float()
     model.train()
+    if plan.model_parallel:
+        return float(replica_loss(plan, total / config.eval_batches))
     return float(all_reduce_mean(total / config.eval_batches, info))
+
+
+def pipeline_eval_sum(plan: Parallelized, loader: Any, config: TrainConfig, adapter: BackendAdapter,
+                      amp_dtype: torch.dtype, attn_backend: str | None) -> torch.Tensor:
+    """Sum of the validation losses of ``eval_batches`` batches on the last stage (0 elsewhere)."""
+    stage, group = plan.model, config.grad_accum
+    stage.backend = attn_backend
+    total = torch.zeros((), device=adapter.device)
+    for start in range(0, config.eval_batches, group):
+        pairs = [next(loader) for _ in range(group)]
+        used = min(group, config.eval_batches - start)
+        inputs, targets = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+        losses: list[torch.Tensor] = []
+        with adapter.autocast(amp_dtype):
+            plan.schedule.eval(*((inputs,) if stage.first else ()), target=targets if stage.last else None,
+                               losses=losses if stage.last else None)
+        if stage.last:
+            total += torch.stack([l.float() for l in losses[:used]]).sum()
+    stage.take_aux(1)
+    return total

@@ -20,8 +20,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def build_optimizer(model: nn.Module, *, lr: float, betas: tuple[float, float], weight_decay: float,
-                    eps: float, device_type: str) -> torch.optim.AdamW:
-    """AdamW, fused on CUDA/NPU (one kernel per parameter group), foreach elsewhere."""
+                    eps: float, device_type: str, mixed_dtensors: bool = False) -> torch.optim.AdamW:
+    """AdamW, fused on CUDA/NPU (one kernel per parameter group), foreach elsewhere; one parameter at a
+    time when ``mixed_dtensors`` (tensor parallel: DTensor shards beside replicated plain tensors, which
+    the multi-tensor kernels cannot take together)."""
+    if mixed_dtensors:
+        return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, foreach=False)
     fused = device_type in ("cuda", "npu")
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps,
                              fused=fused or None, foreach=None if fused else True)

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..backends import BackendAdapter
 from .distributed import DistInfo, all_reduce_mean
+from .model_parallel import model_parallel_backward
 from .parallel import Parallelized
 
 
@@ -52,6 +53,9 @@ def train_step(plan: Parallelized, optimizer: torch.optim.Optimizer, scaler: tor
                batches: Iterator[tuple[torch.Tensor, torch.Tensor]], adapter: BackendAdapter, info: DistInfo,
                settings: StepSettings) -> StepResult:
     """Run one optimizer step over ``settings.grad_accum`` micro-batches from ``batches``."""
+    if plan.model_parallel:
+        readback, comm_s = model_parallel_backward(plan, scaler, optimizer, batches, adapter, settings)
+        return _update(optimizer, scaler, readback, comm_s)
     model = plan.model
     loss_sum = torch.zeros((), device=adapter.device)
     for micro_step in range(settings.grad_accum):
@@ -77,6 +81,12 @@ def train_step(plan: Parallelized, optimizer: torch.optim.Optimizer, scaler: tor
         all_reduce_mean(readback, info)
         adapter.synchronize()
         comm_s = time.perf_counter() - comm_start
+    return _update(optimizer, scaler, readback, comm_s)
+
+
+def _update(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, readback: torch.Tensor,
+            comm_s: float | None) -> StepResult:
+    """The update from the gradients in place, given the step's [loss, grad norm] on the device."""
     if device_skips(optimizer, scaler):
         optimizer.grad_scale, optimizer.found_inf = None, (~torch.isfinite(readback).all()).float()
         optimizer.step()
