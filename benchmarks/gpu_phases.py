@@ -264,10 +264,10 @@ def kernels(phase: Phase, dry_run: bool) -> None:
     nsa = _bench_module("test_bench_nsa")
     device = nsa.DEVICE
     repeats = dict(warmup=2, repeat=5) if device.type == "cuda" else dict(warmup=1, repeat=2)
-    lengths = [8192, 16384, 32768, 65536] if device.type == "cuda" else [256, 512]
+    lengths = [8192, 16384, 32768, 65536] if device.type == "cuda" else [128, 256]
     cases = [f"nsa-T{n}-{mode}" for mode in ("fwd_bwd", "fwd") for n in lengths]
     cases += ["moe-fwd_bwd", "moe-fwd"]
-    mixer_lengths = [2048, 8192, 16384] if device.type == "cuda" else [64, 256]
+    mixer_lengths = [2048, 8192, 16384] if device.type == "cuda" else [64, 128]
     cases += [f"mixer-{name}-T{n}" for n in mixer_lengths for name in _mixers(device)]
     dense_block_s: dict[int, float] = {}
     for case in phase.cases(cases):
@@ -351,8 +351,8 @@ def variants(phase: Phase, dry_run: bool) -> None:
     cuda = torch.cuda.is_available()
     size, seq, batch, steps = ("0.5B", 2048, 8, 25) if cuda else ("tiny", 64, 2, 3)
     compile_blocks = cuda and os.environ.get("EFFZOO_GPU_CHECK_COMPILE_VARIANTS") == "1"
-    phase.note(f"size {size}, batch {batch} x {seq}, {steps} steps, "
-               f"{'compiled blocks' if compile_blocks else 'eager'}; decode: prompt 128, 256 new, batch 1")
+    phase.note(f"size {size}, batch {batch} x {seq}, {steps} steps, {'compiled blocks' if compile_blocks else 'eager'}; "
+               f"decode: batch 1, {'prompt 128, 256 new' if cuda else 'prompt 16, 16 new'}")
     names = [v.name for v in effzoo.list_variants(specs=True) if cuda or not v.capabilities.needs_cuda]
     for variant in phase.cases(names):
         _free()
@@ -370,7 +370,8 @@ def variants(phase: Phase, dry_run: bool) -> None:
         _free()
         try:
             model = effzoo.build(variant, size, device=_device(), dtype="bfloat16" if cuda else "float32").eval()
-            row["decode_tokens_per_s"] = decode_throughput(model, repeat=3 if cuda else 1)
+            short = {} if cuda else {"prompt_len": 16, "new_tokens": 16}
+            row["decode_tokens_per_s"] = decode_throughput(model, repeat=3 if cuda else 1, **short)
             row["decode_path"] = _decode_path(model)
             del model
         except Exception as exc:  # noqa: BLE001
@@ -400,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.dry_run:  # trace the same graphs, skip code generation: minutes on a CPU, not tens of minutes
         torch.compile = functools.partial(torch.compile, backend="eager")  # type: ignore[assignment]
+        os.environ.setdefault("EFFZOO_DECODE_PROMPT", "16")  # read by benchmarks/test_bench_decode.py
+        os.environ.setdefault("EFFZOO_DECODE_NEW", "32")
     phase = Phase(args.out, args.phase, args.deadline)
     try:
         PHASES[args.phase](phase, args.dry_run)
