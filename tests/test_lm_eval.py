@@ -111,3 +111,15 @@ def test_generate_until_and_rolling_through_lm_eval(model_dir):
     tokens = lm.tokenizer.encode(text)
     direct = score_continuations(lm, [([lm.tokenizer.eos_id], tokens)])[0][0]
     assert rolled == pytest.approx(direct, abs=1e-4)
+
+
+def test_missing_lm_eval_is_a_one_line_error(monkeypatch, capsys):
+    import sys
+
+    from effzoo.cli import main
+
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if it were not installed
+    assert main(["eval", "lm-eval", "--model", "gqa", "--tasks", "anything"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == "effzoo eval: error: lm-evaluation-harness is not installed: pip install 'effzoo[eval]' " \
+                  "(or pip install lm-eval)"
