@@ -107,7 +107,10 @@ def _has(program: str) -> bool:
 
 
 def _commit() -> str:
-    """HEAD of the checkout (+ ' with local changes'), read from git, else from .git files, else unknown."""
+    """$EFFZOO_COMMIT if set (the device copy has no git metadata), else HEAD of the checkout
+    (+ ' with local changes') from git or the .git files, else unknown."""
+    if os.environ.get("EFFZOO_COMMIT"):
+        return os.environ["EFFZOO_COMMIT"]
     if _has("git"):
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         if head.returncode == 0:
