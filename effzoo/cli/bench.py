@@ -10,7 +10,7 @@ from effzoo.bench.suites import SUITES
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", default="all",
-                        help=f"{' | '.join(SUITES)} | recall | all (default all: every group, then recall)")
+                        help=f"{' | '.join(SUITES)} | recall | parallel | all (default all: every group, then recall)")
     parser.add_argument("--variants", help="recall suite: comma-separated variants (default: every registered one)")
     parser.add_argument("--sizes", help="comma-separated sizes, e.g. 0.5B,1.5B (default: the paper's per group)")
     parser.add_argument("--quick", action="store_true",
@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int,
                         help="CPU threads of each variant's process (default: the available cores that are idle "
                              "when the suite starts)")
+    parser.add_argument("--layouts", help="parallel suite: comma-separated layouts, e.g. dp8,tp2dp4,tp4dp2,pp2dp4")
+    parser.add_argument("--batch-sizes", help="parallel suite: comma-separated global batch sizes (default 8)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
 
 
@@ -60,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
         if args.tokens is None and args.steps is None:
             changes["tokens"] = 1e7
         settings = BenchSettings(**{k: v for k, v in changes.items() if v is not None})
+    if args.suite == "parallel":
+        from effzoo.bench.parallel_suite import run_parallel_command
+
+        return run_parallel_command(args)
     if args.suite == "recall":
         from effzoo.bench.recall.command import run_recall_command
 

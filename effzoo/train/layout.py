@@ -102,6 +102,9 @@ def check_context_parallel(config: ModelConfig, backend: str) -> None:
     if mixers or config.attention not in ("gqa", "mha", "mqa", "grouped"):
         raise ConfigError(f"--cp needs SDPA attention in every layer (the gqa attention); {config.variant!r} has "
                           f"{', '.join(sorted(mixers)) or config.attention}, which context_parallel cannot shard")
+    raise ConfigError("--cp is not available yet on CUDA either: context_parallel shards the token ids along the "
+                      "sequence, and the decoder would need the matching shard of the positions (for RoPE) from the "
+                      "trainer, which it does not take yet; train with --cp 1")
 
 
 def tensor_parallel_plans(model: nn.Module, tp_size: int) -> list[tuple[str, Component, dict]]:
