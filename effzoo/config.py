@@ -19,21 +19,24 @@ from typing import Any
 from .errors import ConfigError, unknown_keys_error
 
 
-@dataclass(frozen=True)
 class Option:
     """A plugin option's default with its type and allowed range (checked by ``effzoo.make_config``).
 
     ``low``/``high`` bound numbers (``low_open=True`` excludes ``low``: "> low"), ``choices`` lists the
     allowed values. None is accepted when the default is None (a value derived at build time). A
     callable default is resolved from the other values first (e.g. ``lambda c: c["d_model"] // 8``).
+    A plain class, not a dataclass: ``import effzoo`` builds dozens of them.
     """
 
-    default: Any
-    type: type | tuple[type, ...] | None = None
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    choices: tuple[Any, ...] | None = None
+    __slots__ = ("default", "type", "low", "high", "low_open", "choices")
+
+    def __init__(self, default: Any, type: type | tuple[type, ...] | None = None, *, low: float | None = None,
+                 high: float | None = None, low_open: bool = False, choices: tuple[Any, ...] | None = None) -> None:
+        self.default, self.type, self.low, self.high = default, type, low, high
+        self.low_open, self.choices = low_open, choices
+
+    def __repr__(self) -> str:
+        return f"Option({self.default!r}, {self.describe()})"
 
     def describe(self) -> str:
         """The allowed values in words, e.g. 'an integer >= 1' or 'one of auto, reference'."""

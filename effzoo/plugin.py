@@ -28,7 +28,8 @@ from .model.parts import (
     position_kind, rmsnorm, rotate_half, uses_ffn,
 )
 from .ops.attention import EXTRA_BACKENDS, attend, register_backend
-from .registry import Capabilities, CheckpointFormat, Registrar
+from .registry import Capabilities, Registrar
+from .registry_records import CheckpointFormat
 
 
 def import_torch_npu() -> Any | None:

@@ -15,9 +15,12 @@ import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, PluginError, UnknownNameError, unknown_keys_error
+
+if TYPE_CHECKING:
+    from .registry_records import CheckpointFormat, Replacement, SuiteRow, SuiteSpec
 
 COMPONENT_KINDS = ("attention", "position", "block", "ffn", "router", "norm")
 POSITION_KINDS = ("embedding", "rotary", "bias", "none")
@@ -53,7 +56,7 @@ class ComponentSpec:
     plugin: str = ""
     uses: dict[str, str | None] = field(default_factory=dict)  # kind -> default name (None: optional, off)
     position_kind: str = ""  # positions only: embedding | rotary | bias | none
-    option_specs: dict[str, Any] = field(default_factory=dict)  # option -> effzoo.settings.Setting (range/type)
+    option_specs: dict[str, Any] = field(default_factory=dict)  # option -> effzoo.config.Option (type, range)
     distribution: str = ""
     version: str = ""
 
@@ -96,71 +99,6 @@ class VariantSpec:
     def provider(self) -> str:
         """``distribution version`` of the package that registered it (what to install)."""
         return f"{self.distribution} {self.version}".strip()
-
-
-@dataclass(frozen=True)
-class SuiteRow:
-    """One method of a benchmark group: its display name, variant, overrides and place in the table."""
-
-    suite: str
-    method: str
-    variant: str
-    overrides: dict[str, Any] = field(default_factory=dict)
-    order: float = 0.0
-    plugin: str = ""
-
-
-@dataclass(frozen=True)
-class SuiteSpec:
-    """A benchmark group: its place among the groups, default sizes, and an optional ``pairing``
-    callable ``(sizes or None) -> [(method, variant, size)]`` that replaces the rows-times-sizes grid."""
-
-    name: str
-    default_sizes: tuple[str, ...]
-    order: float = 0.0
-    pairing: Callable[[list[str] | None], list[tuple[str, str, str]]] | None = None
-    plugin: str = ""
-
-
-@dataclass(frozen=True)
-class Replacement:
-    """An ``override=True`` registration that replaced an entry of another plugin."""
-
-    kind: str
-    name: str
-    old: str  # "plugin (distribution version)" of the replaced entry
-    new: str
-
-    def __str__(self) -> str:
-        return f"{self.kind} {self.name!r} of {self.old} replaced by {self.new}"
-
-
-@dataclass
-class CheckpointFormat:
-    """A foreign checkpoint layout registered by the plugin that owns the parameters it maps (like
-    torchtitan's state_dict adapters): transformers ``model_type`` -> effzoo config and tensors.
-
-    ``to_config(hf_config) -> ModelConfig`` and ``to_state_dict(cursor, config) -> {name: tensor}``
-    (``cursor``: an ``effzoo.plugin.TensorCursor`` over the checkpoint) may be ``"module:attr"`` strings,
-    imported on first use.
-    """
-
-    model_type: str
-    to_config: Callable[..., Any] | str
-    to_state_dict: Callable[..., Any] | str
-    description: str = ""
-    plugin: str = ""
-
-    def load(self, which: str) -> Callable[..., Any]:
-        """``to_config`` or ``to_state_dict``, importing a ``"module:attr"`` string."""
-        target = getattr(self, which)
-        if callable(target):
-            return target
-        module_name, _, attr = target.partition(":")
-        try:
-            return getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise PluginError(f"checkpoint format {self.model_type!r} (plugin {self.plugin}) cannot load {target!r}: {exc}") from exc
 
 
 def _natural_key(name: str) -> list[Any]:
@@ -444,12 +382,16 @@ class Registrar:
         pairing: Callable[[list[str] | None], list[tuple[str, str, str]]] | None = None,
     ) -> None:
         """Declare a benchmark group (``effzoo bench --suite NAME``) placed by ``order`` among the groups."""
+        from .registry_records import SuiteSpec
+
         self._suites.append(SuiteSpec(name, tuple(default_sizes), order, pairing, self.plugin))
 
     def add_suite_method(
         self, suite: str, method: str, variant: str, *, order: float, overrides: dict[str, Any] | None = None,
     ) -> None:
         """Add a row ``method`` (built as ``variant`` with ``overrides``) to a benchmark group, placed by ``order``."""
+        from .registry_records import SuiteRow
+
         self._rows.append(SuiteRow(suite, method, _key(variant), dict(overrides or {}), order, self.plugin))
 
     def add_checkpoint_format(
@@ -458,6 +400,8 @@ class Registrar:
     ) -> None:
         """Register how a transformers checkpoint of ``model_type`` maps onto effzoo (see CheckpointFormat);
         ``effzoo.hf.import_checkpoint`` then reads it."""
+        from .registry_records import CheckpointFormat
+
         self._formats.append(CheckpointFormat(model_type, to_config, to_state_dict, description, self.plugin))
 
     # -- commit ----------------------------------------------------------------------------
@@ -500,6 +444,8 @@ class Registrar:
         reg.checkpoint_formats.update({fmt.model_type: fmt for fmt in self._formats})
 
     def _note_replacement(self, kind: str, name: str, table: dict[str, Any], me: str) -> None:
+        from .registry_records import Replacement
+
         old = table.get(name)
         if old is not None and old.plugin != self.plugin:
             self._registry.replacements.append(

@@ -70,7 +70,7 @@ def _drops_mlp(variant: str) -> bool:
 def model_overrides(variant: str, d_model: int, seq_len: int) -> dict[str, Any]:
     """Overrides that size ``variant`` for one grid cell (see the module docstring)."""
     base = effzoo.make_config(variant, "tiny")
-    head_dim = min(32, max(16, base.head_dim)) if base.block == "transformer" else base.head_dim
+    head_dim = min(32, max(16, base.head_dim)) if base.attention is not None else base.head_dim
     n_heads = max(1, d_model // head_dim)
     if base.n_kv_heads == base.n_heads:
         n_kv_heads = n_heads
