@@ -141,10 +141,15 @@ def _fail(report: PluginReport, exc: BaseException, strict: bool) -> None:
 
 
 def _reject_bad_references(registry: "Registry", reports: list[PluginReport], strict: bool) -> None:
-    """Withdraw plugins whose registrations name what nobody registered (a size family), one at a time
-    until the rest is consistent, so the plugin at fault is reported and the others keep working."""
+    """Withdraw plugins whose variants name what nobody registered (a size family, a base variant), one
+    at a time until the rest is consistent, so the plugin at fault is reported and the others keep
+    working. When plugins are blocked, the missing piece may be theirs: then only the variants that need
+    it are left out (``registry.withdrawn``), and their plugin's components stay usable."""
     by_name = {r.name: r for r in reports}
     while problems := registry.reference_errors():
-        plugin, why = next(iter(problems.items()))
+        variant, (plugin, why) = next(iter(problems.items()))
+        if registry.blocked:
+            registry.remove_variant(variant, f"{why}; blocked: {', '.join(registry.blocked)}")
+            continue
         registry.remove_plugin(plugin)
         _fail(by_name[plugin], PluginError(why), strict)

@@ -119,6 +119,7 @@ class Registry:
         self.aliases: dict[str, dict[str, str]] = {"variant": {}, **{k: {} for k in COMPONENT_KINDS}}
         self.replacements: list[Replacement] = []
         self.blocked: list[str] = []  # "name (distribution)" of plugins skipped by EFFZOO_BLOCK_PLUGINS
+        self.withdrawn: list[str] = []  # variants left out because what they need is blocked
         self.reports: list[Any] = []
         self._loaded = False
         self._lock = threading.RLock()
@@ -167,22 +168,25 @@ class Registry:
         self.suite_rows = [r for r in self.suite_rows if r.plugin != plugin]
         self.checkpoint_formats = {k: f for k, f in self.checkpoint_formats.items() if f.plugin != plugin}
 
-    def reference_errors(self) -> dict[str, str]:
-        """plugin -> why its registrations are invalid: a variant naming a size family nobody registered,
-        or a suite row naming a variant that does not exist."""
-        problems: dict[str, str] = {}
+    def reference_errors(self) -> dict[str, tuple[str, str]]:
+        """variant -> (its plugin, why it is invalid): it names a size family or base variant nobody registered."""
+        problems: dict[str, tuple[str, str]] = {}
         for spec in self.variants.values():
             if spec.base and spec.base not in self.variants and spec.base not in self.aliases["variant"]:
-                problems.setdefault(spec.plugin, (
-                    f"variant {spec.name!r} builds on variant {spec.base!r}, which no plugin registers"
-                    + (f" (blocked: {', '.join(self.blocked)})" if self.blocked else "")
-                ))
+                problems[spec.name] = (spec.plugin, f"variant {spec.name!r} builds on variant {spec.base!r}, "
+                                                    "which no plugin registers")
             elif spec.family and spec.family not in self.sizes:
-                problems.setdefault(spec.plugin, (
+                problems[spec.name] = (spec.plugin, (
                     f"variant {spec.name!r} names size family {spec.family!r}, which no plugin registers "
                     f"(registered: {', '.join(sorted(self.sizes)) or 'none'})"
                 ))
         return problems
+
+    def remove_variant(self, name: str, why: str) -> None:
+        """Withdraw one variant whose references are missing because a plugin was blocked."""
+        del self.variants[name]
+        self.aliases["variant"] = {a: n for a, n in self.aliases["variant"].items() if n != name}
+        self.withdrawn.append(why)
 
     # -- lookups ---------------------------------------------------------------------------
     def canonical(self, kind: str, name: str) -> str:

@@ -250,3 +250,14 @@ def test_blocklist_matches_pep503_normalised_names(fake_plugins, monkeypatch, sp
     registry = _load()
     assert "wide_gqa" not in registry.names()
     assert registry.blocked == ["good_plugin (effzoo-fake)"]
+
+
+def test_blocking_a_family_owner_leaves_out_only_the_variants_that_need_it(monkeypatch):
+    monkeypatch.setenv("EFFZOO_BLOCK_PLUGINS", "transformer")
+    registry = _load()
+    reports = {r.name: r for r in registry.reports}
+    assert "transformer" not in reports and all(r.ok for r in reports.values())
+    assert "mla" not in registry.names() and "mla" in registry.names("attention")  # the component stays
+    assert any("variant 'mla'" in why and "blocked: transformer (effzoo)" in why for why in registry.withdrawn)
+    with pytest.raises(UnknownNameError, match=r"Blocked by EFFZOO_BLOCK_PLUGINS: transformer \(effzoo\)"):
+        registry.variant("gqa")

@@ -19,6 +19,7 @@ def run(args: argparse.Namespace) -> int:
             "plugins": [{**r.__dict__, "ok": r.ok} for r in reports],
             "replaced": [r.__dict__ for r in registry.replacements],
             "blocked": registry.blocked,
+            "withdrawn": registry.withdrawn,
         }, indent=2))
         return 0
     for r in reports:
@@ -29,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  override: {replacement}")
     if registry.blocked:
         print(f"blocked by EFFZOO_BLOCK_PLUGINS: {', '.join(registry.blocked)}")
+    for why in registry.withdrawn:
+        print(f"  left out: {why}")
     failed = [r for r in reports if not r.ok]
     if failed:
         print(f"\n{len(failed)} plugin(s) failed to load; effzoo works without them. "
