@@ -28,8 +28,8 @@ from .memory import memory_bytes
 from .train import TrainSettings, train_cell
 
 # --quick, chosen by measurement on 2 CPU cores (docs/evaluation.md): at (64, 4), d_model 64 and 600
-# steps GQA reaches 0.97 while Mamba-2 (0.45) and RWKV-7 (0.00) have not learnt the task yet; about
-# 45 / 200 / 170 CPU-seconds per cell, so about 3.5 minutes with one cell per core.
+# steps GQA reaches 0.97 while Mamba-2 (0.45) and RWKV-7 (0.00) have not learnt the task yet; 393
+# CPU-seconds in all, so about 3.3 minutes with one cell per core.
 QUICK_SETTINGS: tuple[tuple[int, int], ...] = ((64, 4),)
 QUICK_D_MODELS: tuple[int, ...] = (64,)
 QUICK_VARIANTS: tuple[str, ...] = ("gqa", "mamba", "rwkv")
