@@ -249,3 +249,7 @@ class Router(Component, ABC):
     @abstractmethod
     def forward(self, x: Tensor) -> Routing:
         """Route tokens ``x`` of shape (N, d_model)."""
+
+    def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
+        """Replicated: every tensor-parallel rank routes all of its (replicated) tokens the same way."""
+        return {}

@@ -5,16 +5,21 @@ them: :func:`colwise` splits a linear layer's outputs (its local output is this 
 splits its inputs and all-reduces the output. :class:`FusedColwiseParallel` is the column split of a fused
 projection (q|k|v, gate|up): each segment is split on its own, so every rank holds a slice of each segment
 (its own q, k and v heads) instead of a contiguous slab that would mix q and k heads.
+:class:`ExpertParallel` shards MoE experts over the group; :func:`expert_parallel` dispatches tokens to
+them with all-to-alls (``torch.distributed`` functional collectives).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Shard
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel
 
 from .errors import ConfigError
 
@@ -86,3 +91,90 @@ def sharded_rows(natural: torch.Tensor, like: DTensor, order: torch.Tensor) -> D
     rank = mesh.get_local_rank()
     local = natural.to(like.device).index_select(0, order[rank * rows:(rank + 1) * rows].to(like.device))
     return DTensor.from_local(local.to(like.dtype).contiguous(), mesh, like.placements, run_check=False)
+
+
+# -- expert parallel: MoE experts sharded over the tensor-parallel group -----------------------
+class ExpertParallel(ParallelStyle):
+    """Shard a stacked-experts module's parameters (experts on dim 0) over the group: each rank keeps
+    ``n_experts / tp`` whole experts. The module's ``ep_mesh`` is set, so its MoE layer dispatches tokens
+    with :func:`expert_parallel` instead of running every expert itself."""
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        tp_size, rank = device_mesh.size(), device_mesh.get_local_rank()
+        for name, param in list(module.named_parameters(recurse=False)):
+            per_rank = param.shape[0] // tp_size
+            local = param.detach()[rank * per_rank:(rank + 1) * per_rank].contiguous()
+            module.register_parameter(name, nn.Parameter(DTensor.from_local(local, device_mesh, [Shard(0)],
+                                                                            run_check=False),
+                                                         requires_grad=param.requires_grad))
+        module.ep_mesh = device_mesh
+        return module
+
+
+class _ScatterToSlice(torch.autograd.Function):
+    """Forward: this rank's rows of a tensor every rank holds whole. Backward: all-gather the rows'
+    gradients, so the whole tensor's gradient is complete (and equal) on every rank."""
+
+    @staticmethod
+    def forward(ctx: Any, whole: Tensor, group: Any) -> Tensor:  # type: ignore[override]
+        ctx.group = group
+        size, rank = dist.get_world_size(group), dist.get_rank(group)
+        rows = whole.shape[0] // size
+        return whole[rank * rows:(rank + 1) * rows]
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return funcol.all_gather_tensor(grad.contiguous(), 0, ctx.group).wait(), None
+
+
+class _GatherFromSlice(torch.autograd.Function):
+    """Forward: all-gather every rank's rows into the whole tensor. Backward: this rank's rows of the
+    gradient, which is the same on every rank (the residual stream is replicated)."""
+
+    @staticmethod
+    def forward(ctx: Any, part: Tensor, group: Any) -> Tensor:  # type: ignore[override]
+        ctx.group = group
+        return funcol.all_gather_tensor(part.contiguous(), 0, group).wait()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        size, rank = dist.get_world_size(ctx.group), dist.get_rank(ctx.group)
+        rows = grad.shape[0] // size
+        return grad[rank * rows:(rank + 1) * rows], None
+
+
+def expert_parallel(tokens: Tensor, weights: Tensor, experts: Tensor, n_experts: int, mesh: DeviceMesh,
+                    run_local: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """Σ_k weight · expert_k(token) with the experts spread over ``mesh`` (expert parallel).
+
+    Every rank of the group holds all N tokens and their routing (``weights``/``experts``, (N, k)); each
+    takes its N / size tokens, sends every (token, expert) assignment to the rank owning the expert with an
+    all-to-all (``all_to_all_single_autograd``), ``run_local(rows, local_expert_ids)`` computes them there,
+    a second all-to-all brings the outputs back, and an all-gather makes the result whole again."""
+    group = mesh.get_group()
+    size = dist.get_world_size(group)
+    if tokens.shape[0] % size:
+        raise ConfigError(f"expert parallel over {size} ranks needs a token count divisible by {size} "
+                          f"(micro-batch x seq-len = {tokens.shape[0]})")
+    per_rank = n_experts // size
+    mine = _ScatterToSlice.apply(tokens, group)
+    slot_weights = _ScatterToSlice.apply(weights, group)
+    rows = mine.shape[0]
+    slot_experts = experts[dist.get_rank(group) * rows:(dist.get_rank(group) + 1) * rows]
+    flat_experts = slot_experts.reshape(-1)
+    top_k = slot_experts.shape[1]
+    order = torch.argsort(flat_experts // per_rank, stable=True)
+    send_counts = torch.bincount(flat_experts // per_rank, minlength=size)
+    recv_counts = torch.empty_like(send_counts)
+    dist.all_to_all_single(recv_counts, send_counts, group=group)
+    send, recv = send_counts.tolist(), recv_counts.tolist()  # the split sizes must be host integers
+    outgoing = mine.repeat_interleave(top_k, dim=0)[order]
+    incoming = funcol.all_to_all_single_autograd(outgoing, recv, send, group)
+    incoming_experts = funcol.all_to_all_single(flat_experts[order].contiguous(), recv, send, group).wait()
+    # a rank that receives no rows still joins the backward all-to-all: keep its outputs in the graph
+    outputs = run_local(incoming, incoming_experts % per_rank) if incoming.shape[0] else incoming * 0
+    returned = funcol.all_to_all_single_autograd(outputs, send, recv, group)
+    per_slot = torch.empty_like(returned)
+    per_slot[order] = returned
+    combined = (per_slot.view(rows, top_k, -1) * slot_weights.to(per_slot.dtype).unsqueeze(-1)).sum(dim=1)
+    return _GatherFromSlice.apply(combined, group)

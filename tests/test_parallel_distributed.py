@@ -1,4 +1,5 @@
-"""Model-parallel layouts on CPU (gloo, torchrun): TP=2, PP=2 (1F1B and GPipe) and TP=2 x DP=2 match the
+"""Model-parallel layouts on CPU (gloo, torchrun): TP=2 (gqa, mla; moe as expert parallel with all-to-all
+dispatch), PP=2 (1F1B and GPipe; gqa, mla, moe, mamba) and TP=2 x DP=2 match the
 single-process losses of the same seed and global batch for 5 steps, and a checkpoint written under TP=2
 resumes under DP=2 with the same following losses.
 
@@ -70,7 +71,7 @@ def val_losses(out) -> list[float]:
 
 
 LAYOUTS = [
-    ("gqa", ["--tp", "2"], 1), ("mla", ["--tp", "2"], 1),
+    ("gqa", ["--tp", "2"], 1), ("mla", ["--tp", "2"], 1), ("moe", ["--tp", "2"], 1),  # moe: expert parallel
     ("gqa", ["--pp", "2", "--grad-accum", "2"], 2), ("mla", ["--pp", "2", "--grad-accum", "2", "--pp-schedule", "gpipe"], 2),
     ("moe", ["--pp", "2", "--grad-accum", "2"], 2), ("mamba", ["--pp", "2", "--grad-accum", "2", "--pp-schedule", "gpipe"], 2),
 ]

@@ -78,6 +78,18 @@ def test_declared_plans_of_the_gqa_model():
     assert plans["blocks.0.attn_norm"] == {} and plans["position"] == {}
 
 
+def test_moe_declares_expert_parallel_and_mamba_refuses_by_name():
+    from effzoo.tensor_parallel import ExpertParallel
+
+    model = effzoo.build("moe", "tiny", device="meta", n_experts=4)
+    plans = {name: plan for name, _, plan in tensor_parallel_plans(model, 2)}
+    assert isinstance(plans["blocks.0.ffn"]["experts"], ExpertParallel) and plans["blocks.0.ffn.router"] == {}
+    with pytest.raises(ConfigError, match="moe feed-forward's n_experts=3"):
+        tensor_parallel_plans(effzoo.build("moe", "tiny", device="meta", n_experts=3), 2)
+    with pytest.raises(ConfigError, match=r"MambaBlock \(at blocks.0\) declares no tensor-parallel plan"):
+        tensor_parallel_plans(effzoo.build("mamba", "tiny", device="meta"), 2)
+
+
 def test_fused_row_order_gives_each_rank_its_own_heads():
     # q has 4 rows, k and v 2 each: rank 0 gets q rows 0-1, k row 4, v row 6; rank 1 the rest
     assert fused_row_order((4, 2, 2), 2).tolist() == [0, 1, 4, 6, 2, 3, 5, 7]

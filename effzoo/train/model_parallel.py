@@ -94,8 +94,11 @@ def sync_gradients(plan: "Parallelized") -> None:
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
         _all_reduce([local(p.grad) for p in shared], plan.group("pp"))
-    if plan.layout.dp > 1:
-        grads = [local(p.grad) for p in params if p.grad is not None]
+    if plan.layout.dp > 1:  # every rank reduces the same list: a parameter unused in this step counts zero
+        for param in params:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+        grads = [local(p.grad) for p in params]
         _all_reduce(grads, plan.group("dp"))
         for grad in grads:
             grad.div_(plan.layout.dp)

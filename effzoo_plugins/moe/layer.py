@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from effzoo.plugin import Component, ConfigError, FeedForward, MixContext, ModelConfig, build_component
+from effzoo import plugin
+from effzoo.plugin import Component, ConfigError, FeedForward, MixContext, ModelConfig, Routing, build_component
 
 from . import MOE_OPTIONS
 from .dispatch import check_backend, moe_swiglu
@@ -27,6 +29,13 @@ class SharedExpert(FeedForward):
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
+    def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
+        """Hidden-channel split, as the dense SwiGLU: gate and up split per segment, down reduces."""
+        tp = plugin.tensor_parallel
+        hidden = self.down_proj.in_features
+        tp.check_divides("moe shared expert", tp_size, shared_expert_hidden=hidden)
+        return {"gate_up_proj": tp.FusedColwiseParallel((hidden, hidden)), "down_proj": tp.rowwise()}
+
 
 class GroupedExperts(Component):
     """E bias-free SwiGLU experts stored as stacked weights in ``nn.Linear`` layout."""
@@ -36,6 +45,11 @@ class GroupedExperts(Component):
         self.init_std, self.residual_std = init_std, residual_std
         self.gate_up_proj = nn.Parameter(torch.empty(n_experts, 2 * hidden, d_model))  # gate rows, then up rows
         self.down_proj = nn.Parameter(torch.empty(n_experts, d_model, hidden))
+        self.ep_mesh: Any = None  # the expert-parallel group once ExpertParallel sharded the experts over it
+
+    def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
+        """Nothing of its own: the MoE layer's plan shards the experts (ExpertParallel)."""
+        return {}
 
     def params_per_expert(self) -> int:
         """Weights of one expert (gate, up and down projections)."""
@@ -73,13 +87,32 @@ class MoEFeedForward(FeedForward):
     def forward(self, x: Tensor, ctx: MixContext | None = None) -> Tensor:
         tokens = x.reshape(-1, x.shape[-1])
         routing = self.router(tokens)
-        out = moe_swiglu(tokens, routing, self.experts.gate_up_proj, self.experts.down_proj, self.backend)
+        if self.experts.ep_mesh is not None:  # expert parallel: tokens travel to the rank holding their expert
+            out = plugin.tensor_parallel.expert_parallel(tokens, routing.weights, routing.experts, self.n_experts,
+                                                         self.experts.ep_mesh, self._run_local_experts)
+        else:
+            out = moe_swiglu(tokens, routing, self.experts.gate_up_proj, self.experts.down_proj, self.backend)
         if self.shared_expert is not None:
             out = out + self.shared_expert(tokens)
         if ctx is not None:
             ctx.aux_losses.append(routing.aux_loss)
             ctx.stats.update({f"moe.layer{self.layer}.{name}": value for name, value in routing.stats.items()})
         return out.view_as(x)
+
+    def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
+        """Expert parallel over the tensor-parallel group: each rank holds n_experts / tp whole experts and
+        receives the tokens routed to them by all-to-all; the router (and its aux loss) runs whole on every rank."""
+        tp = plugin.tensor_parallel
+        tp.check_divides("moe feed-forward", tp_size, n_experts=self.n_experts)
+        return {"experts": tp.ExpertParallel()}
+
+    def _run_local_experts(self, rows: Tensor, local_experts: Tensor) -> Tensor:
+        """Rows (M, d) through this rank's experts ``local_experts`` (M,), one assignment each."""
+        ones = torch.ones(rows.shape[0], 1, device=rows.device, dtype=rows.dtype)
+        routing = Routing(weights=ones, experts=local_experts[:, None], keep=ones.bool(),
+                          aux_loss=torch.zeros((), device=rows.device))
+        return moe_swiglu(rows, routing, self.experts.gate_up_proj.to_local(), self.experts.down_proj.to_local(),
+                          self.backend)
 
     def inactive_params(self) -> int:
         """Expert weights a token does not use: (E - k) experts."""
