@@ -178,3 +178,32 @@ def expert_parallel(tokens: Tensor, weights: Tensor, experts: Tensor, n_experts:
     per_slot[order] = returned
     combined = (per_slot.view(rows, top_k, -1) * slot_weights.to(per_slot.dtype).unsqueeze(-1)).sum(dim=1)
     return _GatherFromSlice.apply(combined, group)
+
+
+def local(tensor: Tensor) -> Tensor:
+    """This rank's values of a parameter a plan sharded (a DTensor), or the tensor itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+class ShardedRows(ParallelStyle):
+    """Shard a module's own parameters (not a linear layer's) by rows, each split per segment like
+    :class:`FusedColwiseParallel`: ``{"conv_bias": (x_width, b_width, c_width)}``. No input or output
+    handling: the module's forward reads them with :func:`local` on its rank's channel slice. Name it
+    with the key ``""`` in a plan (the component itself)."""
+
+    def __init__(self, segments: dict[str, tuple[int, ...]]) -> None:
+        super().__init__()
+        self.segments = {name: tuple(int(s) for s in sizes) for name, sizes in segments.items()}
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        tp_size, rank = device_mesh.size(), device_mesh.get_local_rank()
+        for name, sizes in self.segments.items():
+            param = getattr(module, name)
+            order = fused_row_order(sizes, tp_size)
+            rows = order.numel() // tp_size
+            local_rows = param.detach().index_select(0, order[rank * rows:(rank + 1) * rows].to(param.device))
+            sharded = nn.Parameter(DTensor.from_local(local_rows.contiguous(), device_mesh, [Shard(0)], run_check=False),
+                                   requires_grad=param.requires_grad)
+            setattr(sharded, ROW_ORDER, order)
+            module.register_parameter(name, sharded)
+        return module

@@ -1,5 +1,5 @@
-"""Model-parallel layouts on CPU (gloo, torchrun): TP=2 (gqa, mla; moe as expert parallel with all-to-all
-dispatch), PP=2 (1F1B and GPipe; gqa, mla, moe, mamba) and TP=2 x DP=2 match the
+"""Model-parallel layouts on CPU (gloo, torchrun): TP=2 (gqa, mla, mamba; moe as expert parallel with
+all-to-all dispatch), PP=2 (1F1B and GPipe; gqa, mla, moe, mamba) and TP=2 x DP=2 match the
 single-process losses of the same seed and global batch for 5 steps, and a checkpoint written under TP=2
 resumes under DP=2 with the same following losses.
 
@@ -24,7 +24,7 @@ VARIANTS = {
     "mla": {"d_model": 64, "n_layers": 2, "n_heads": 4, "ffn_hidden": 128, "qk_nope_head_dim": 16,
             "qk_rope_head_dim": 16, "v_head_dim": 16},
     "moe": {"d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "moe_ffn_hidden": 64, "n_experts": 4},
-    "mamba": {"d_model": 64, "n_layers": 2, "d_state": 16, "ssm_head_dim": 16, "chunk_size": 16},
+    "mamba": {"d_model": 64, "n_layers": 2, "d_state": 16, "ssm_head_dim": 16, "chunk_size": 16, "n_groups": 2},
 }
 _REFERENCES: dict[tuple[str, int], object] = {}
 
@@ -72,6 +72,7 @@ def val_losses(out) -> list[float]:
 
 LAYOUTS = [
     ("gqa", ["--tp", "2"], 1), ("mla", ["--tp", "2"], 1), ("moe", ["--tp", "2"], 1),  # moe: expert parallel
+    ("mamba", ["--tp", "2"], 1),
     ("gqa", ["--pp", "2", "--grad-accum", "2"], 2), ("mla", ["--pp", "2", "--grad-accum", "2", "--pp-schedule", "gpipe"], 2),
     ("moe", ["--pp", "2", "--grad-accum", "2"], 2), ("mamba", ["--pp", "2", "--grad-accum", "2", "--pp-schedule", "gpipe"], 2),
 ]

@@ -78,7 +78,7 @@ def test_declared_plans_of_the_gqa_model():
     assert plans["blocks.0.attn_norm"] == {} and plans["position"] == {}
 
 
-def test_moe_declares_expert_parallel_and_mamba_refuses_by_name():
+def test_moe_and_mamba_plans_and_a_refusal_by_name():
     from effzoo.tensor_parallel import ExpertParallel
 
     model = effzoo.build("moe", "tiny", device="meta", n_experts=4)
@@ -86,8 +86,13 @@ def test_moe_declares_expert_parallel_and_mamba_refuses_by_name():
     assert isinstance(plans["blocks.0.ffn"]["experts"], ExpertParallel) and plans["blocks.0.ffn.router"] == {}
     with pytest.raises(ConfigError, match="moe feed-forward's n_experts=3"):
         tensor_parallel_plans(effzoo.build("moe", "tiny", device="meta", n_experts=3), 2)
-    with pytest.raises(ConfigError, match=r"MambaBlock \(at blocks.0\) declares no tensor-parallel plan"):
+    with pytest.raises(ConfigError, match=r"RWKV7Block \(at blocks.0\) declares no tensor-parallel plan"):
+        tensor_parallel_plans(effzoo.build("rwkv", "tiny", device="meta"), 2)
+    with pytest.raises(ConfigError, match="mamba2 mixer's n_groups=1"):  # B and C are per group
         tensor_parallel_plans(effzoo.build("mamba", "tiny", device="meta"), 2)
+    plans = dict((name, plan) for name, _, plan in tensor_parallel_plans(
+        effzoo.build("mamba", "tiny", device="meta", n_groups=2), 2))
+    assert set(plans["blocks.0.mixer"]) == {"", "in_proj", "out_proj"} and "" in plans["blocks.0.mixer.norm"]
 
 
 def test_fused_row_order_gives_each_rank_its_own_heads():

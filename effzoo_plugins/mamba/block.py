@@ -31,6 +31,10 @@ class MambaBlock(MixerBlock):
             x = x + self.ffn(self.ffn_norm(x), ctx)
         return x, state
 
+    def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
+        """The residual stream is whole on every rank; the mixer (and FFN) declare their own splits."""
+        return {}
+
     def init_state(self, batch: int, max_len: int, device: torch.device, dtype: torch.dtype) -> Any:
         """Conv window + SSM state; ``max_len`` is irrelevant (the state does not grow)."""
         return self.mixer.init_state(batch, device, dtype)

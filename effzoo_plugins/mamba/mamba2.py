@@ -1,10 +1,13 @@
 """The Mamba-2 mixer (Dao & Gu 2024): input projection, causal conv, SSD scan, gated norm, output."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from effzoo import plugin
 from effzoo.plugin import Component, MixContext, ModelConfig
 
 from .kernels import (
@@ -57,6 +60,7 @@ class Mamba2Mixer(Component):
         self.D = nn.Parameter(torch.empty(self.n_heads))
         self.norm = GatedRMSNorm(self.d_inner, self.n_groups, cfg.norm_eps)
         self.out_proj = nn.Linear(self.d_inner, cfg.d_model, bias=False)
+        self.tp_split = False  # True once a tensor-parallel plan shards the mixer's own parameters
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -75,27 +79,49 @@ class Mamba2Mixer(Component):
                 state: MambaState | None = None) -> tuple[Tensor, MambaState | None]:
         batch, length, _ = x.shape
         backend = self.resolved_backend(x.device, ctx)
-        z, xbc, dt = self.in_proj(x).split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
+        projected = self.in_proj(x)
+        shards = self.in_proj.out_features // projected.shape[-1]  # > 1 under tensor parallel (this rank's heads)
+        d_inner, n_heads, n_groups = self.d_inner // shards, self.n_heads // shards, self.n_groups // shards
+        conv_weight, conv_bias, dt_bias, A_log, D = self._own_parameters()
+        z, xbc, dt = projected.split([d_inner, d_inner + 2 * n_groups * self.d_state, n_heads], dim=-1)
         fused_conv = backend == "mamba_ssm" and causal_conv1d_missing() is None
-        xbc, conv_state = causal_conv(xbc, self.conv_weight, self.conv_bias,
+        xbc, conv_state = causal_conv(xbc, conv_weight, conv_bias,
                                       state.conv if state is not None else None, fused=fused_conv)
-        xs, B, C = xbc.split([self.d_inner, self.n_groups * self.d_state, self.n_groups * self.d_state], dim=-1)
-        xs = xs.view(batch, length, self.n_heads, self.head_dim)
-        B = B.view(batch, length, self.n_groups, self.d_state)
-        C = C.view(batch, length, self.n_groups, self.d_state)
-        dt = F.softplus(dt.float() + self.dt_bias.float())
-        A = -torch.exp(self.A_log.float())
+        xs, B, C = xbc.split([d_inner, n_groups * self.d_state, n_groups * self.d_state], dim=-1)
+        xs = xs.view(batch, length, n_heads, self.head_dim)
+        B = B.view(batch, length, n_groups, self.d_state)
+        C = C.view(batch, length, n_groups, self.d_state)
+        dt = F.softplus(dt.float() + dt_bias.float())
+        A = -torch.exp(A_log.float())
         if state is not None and length == 1:
             y, ssm = ssd_step(xs[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], state.ssm)
             y = y[:, None]
         else:
             initial = state.ssm if state is not None else None
             y, ssm = ssd_function(backend)(xs, dt, A, B, C, self.chunk_size, initial)
-        y = y + xs * self.D.to(xs.dtype)[:, None]
-        out = self.out_proj(self.norm(y.reshape(batch, length, self.d_inner), z))
+        y = y + xs * D.to(xs.dtype)[:, None]
+        out = self.out_proj(self.norm(y.reshape(batch, length, d_inner), z))
         if state is not None:
             state = MambaState(conv=conv_state, ssm=ssm, tokens=state.tokens + length)
         return out, state
+
+    def _own_parameters(self) -> tuple[Tensor, ...]:
+        """conv weight and bias, dt bias, A_log, D: this rank's channels and heads under tensor parallel."""
+        params = (self.conv_weight, self.conv_bias, self.dt_bias, self.A_log, self.D)
+        return tuple(plugin.tensor_parallel.local(p) for p in params) if self.tp_split else params
+
+    def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
+        """Head split (whole groups per rank): the fused z|x|B|C|dt projection split per segment, the conv
+        channels and per-head parameters alike, the output projection reduces."""
+        tp = plugin.tensor_parallel
+        tp.check_divides("mamba2 mixer", tp_size, n_groups=self.n_groups, n_heads=self.n_heads)
+        bc = self.n_groups * self.d_state
+        self.tp_split = True
+        per_head = (self.n_heads,)
+        own = tp.ShardedRows({"conv_weight": (self.d_inner, bc, bc), "conv_bias": (self.d_inner, bc, bc),
+                              "dt_bias": per_head, "A_log": per_head, "D": per_head})
+        return {"": own, "in_proj": tp.FusedColwiseParallel((self.d_inner, self.d_inner, bc, bc, self.n_heads)),
+                "out_proj": tp.rowwise()}
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> MambaState:
         """Zero conv window (x, B and C channels) and SSM state (heads, head_dim, d_state)."""

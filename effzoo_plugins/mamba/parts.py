@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from effzoo import plugin
 from effzoo.plugin import Component, ConfigError
 
 
@@ -86,11 +88,20 @@ class GatedRMSNorm(Component):
         super().__init__()
         self.groups, self.eps = groups, eps
         self.weight = nn.Parameter(torch.ones(dim))
+        self.tp_split = False  # True once a tensor-parallel plan shards the scale
 
     def forward(self, y: Tensor, z: Tensor) -> Tensor:
-        gated = (y * F.silu(z)).unflatten(-1, (self.groups, -1))
+        width = self.weight.shape[0] // self.groups  # channels per group (a rank holds whole groups under TP)
+        gated = (y * F.silu(z)).unflatten(-1, (-1, width))
         normed = F.rms_norm(gated, (gated.shape[-1],), eps=self.eps).flatten(-2)
-        return normed * self.weight
+        return normed * plugin.tensor_parallel.local(self.weight) if self.tp_split else normed * self.weight
 
     def init_weights(self) -> None:
         nn.init.ones_(self.weight)
+
+    def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
+        """Whole groups per rank: the scale split by rows (its input is the rank's channel slice)."""
+        tp = plugin.tensor_parallel
+        tp.check_divides("mamba gated norm", tp_size, groups=self.groups)
+        self.tp_split = True
+        return {"": tp.ShardedRows({"weight": (self.weight.shape[0],)})}
