@@ -111,6 +111,10 @@ class ExpertParallel(ParallelStyle):
         return module
 
 
+# all_gather_tensor's newer name in recent torch (same signature); the old one where it is missing
+_all_gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
+
+
 class _ScatterToSlice(torch.autograd.Function):
     """Forward: this rank's rows of a tensor every rank holds whole. Backward: all-gather the rows'
     gradients, so the whole tensor's gradient is complete (and equal) on every rank."""
@@ -124,7 +128,7 @@ class _ScatterToSlice(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        return funcol.all_gather_tensor(grad.contiguous(), 0, ctx.group).wait(), None
+        return _all_gather(grad.contiguous(), 0, ctx.group).wait(), None
 
 
 class _GatherFromSlice(torch.autograd.Function):
@@ -134,7 +138,7 @@ class _GatherFromSlice(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, part: Tensor, group: Any) -> Tensor:  # type: ignore[override]
         ctx.group = group
-        return funcol.all_gather_tensor(part.contiguous(), 0, group).wait()
+        return _all_gather(part.contiguous(), 0, group).wait()
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
