@@ -1,5 +1,5 @@
 """Model-parallel layouts on CPU (gloo, torchrun): TP=2 (gqa, mla, mamba; moe as expert parallel with
-all-to-all dispatch), PP=2 (1F1B and GPipe; gqa, mla, moe, mamba) and TP=2 x DP=2 match the
+all-to-all dispatch), PP=2 (1F1B and GPipe; gqa, mla, moe, mamba) and TP=2 x DP=2 (the four) match the
 single-process losses of the same seed and global batch for 5 steps, and a checkpoint written under TP=2
 resumes under DP=2 with the same following losses.
 
@@ -96,12 +96,16 @@ def test_two_process_layout_matches_one_process(tmp_path, tmp_path_factory, vari
     assert (out / "checkpoints" / f"step_{STEPS:08d}" / "dcp").is_dir()  # every layout writes DCP shards
 
 
-def test_tp_times_dp_on_four_processes(tmp_path, tmp_path_factory):
-    single = reference("gqa", 1, tmp_path_factory)
+@pytest.mark.parametrize("variant", ["gqa", "mla", "moe", "mamba"])
+def test_tp_times_dp_on_four_processes(tmp_path, tmp_path_factory, variant):
+    single = reference(variant, 1, tmp_path_factory)
     out = tmp_path / "run"
-    torchrun("gqa", out, 4, "--tp", "2")  # mesh dp=2 x tp=2
-    assert losses(out) == pytest.approx(single.losses, rel=2e-5, abs=2e-5)
-    assert val_losses(out) == pytest.approx(list(single.val_losses.values()), rel=2e-5, abs=2e-5)
+    torchrun(variant, out, 4, "--tp", "2")  # mesh dp=2 x tp=2
+    # MoE's balance loss is nonlinear in the routed fractions and each replica computes it on its own
+    # tokens (as plain DDP does), so with DP=2 its losses differ from one process by ~3e-5 relative
+    tolerance = 1e-4 if variant == "moe" else 2e-5
+    assert losses(out) == pytest.approx(single.losses, rel=tolerance, abs=tolerance)
+    assert val_losses(out) == pytest.approx(list(single.val_losses.values()), rel=tolerance, abs=tolerance)
 
 
 def test_checkpoint_from_tp2_resumes_under_dp2(tmp_path, tmp_path_factory):
