@@ -304,8 +304,8 @@ def kernels(phase: Phase, dry_run: bool) -> None:
                "speedup_vs_dense > 1 means faster than dense attention")
 
 
-MIXERS = {"gqa": {}, "mamba": {}, "rwkv": {}, "mamba+mamba_ssm": {"ssm_backend": "mamba_ssm"},
-          "rwkv+fla": {"rwkv_kernel": "fla"}}
+MIXERS = {"gqa": {}, "mamba": {}, "rwkv": {}, "mamba+mamba_ssm": {"kernel": "mamba_ssm"},
+          "rwkv+fla": {"kernel": "fla"}}
 
 
 def _mixers(device) -> list[str]:  # type: ignore[no-untyped-def]

@@ -100,7 +100,7 @@ def test_mamba2_mixer_fwd_bwd(benchmark, backend: str, length: int) -> None:
     if backend == "reference" and CUDA and length > 16384:
         pytest.skip("the PyTorch reference is timed up to 16k tokens on GPU")
     cfg = effzoo.make_config("mamba", size="tiny", d_model=D_MODEL, d_state=D_STATE, ssm_head_dim=HEAD_DIM,
-                             chunk_size=CHUNK, ssm_backend=backend)
+                             chunk_size=CHUNK, kernel=backend)
     mixer = effzoo.build_from_config(cfg, device=DEVICE, dtype=DTYPE).blocks[0].mixer
     x = torch.randn(1, length, D_MODEL, device=DEVICE, dtype=DTYPE, requires_grad=True)
     step = fwd_bwd([x], lambda t: mixer(t)[0])

@@ -45,7 +45,7 @@ SHAPE = (Shape(896, 4864, 8, 2, 16384, torch.bfloat16) if DEVICE.type == "cuda"
 
 def _moe(backend: str) -> MoEFeedForward:
     cfg = effzoo.make_config("moe", size="tiny", d_model=SHAPE.d_model, n_experts=SHAPE.n_experts,
-                             top_k=SHAPE.top_k, moe_ffn_hidden=SHAPE.hidden, moe_backend=backend)
+                             top_k=SHAPE.top_k, moe_ffn_hidden=SHAPE.hidden, kernel=backend)
     layer = MoEFeedForward(cfg)
     for module in layer.modules():
         if isinstance(module, effzoo.plugin.Component):

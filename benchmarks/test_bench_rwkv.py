@@ -90,7 +90,7 @@ def test_time_mix_fwd_bwd(benchmark, kernel: str, length: int) -> None:
     if kernel == "torch" and CUDA and length > 8192:
         pytest.skip("the PyTorch chunked form is timed up to 8k tokens on GPU")
     size = "0.5B" if CUDA else "tiny"
-    model = effzoo.build("rwkv", size=size, n_layers=2, device=DEVICE, dtype=DTYPE, rwkv_kernel=kernel)
+    model = effzoo.build("rwkv", size=size, n_layers=2, device=DEVICE, dtype=DTYPE, kernel=kernel)
     mix, d = model.blocks[1].time_mix, model.config.d_model
     x = torch.randn(1, length, d, device=DEVICE, dtype=DTYPE, requires_grad=True)
     v_first = torch.randn(1, length, d, device=DEVICE, dtype=DTYPE)

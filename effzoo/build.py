@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .config import CORE_RANGES, ModelConfig, resolve_default
+from .config import CORE_RANGES, ModelConfig, check_not_renamed, resolve_default
 from .errors import ConfigError, UnknownNameError, unknown_keys_error
 from .registry import COMPONENT_KINDS, NOT_USED, REGISTRY, ComponentSpec
 from .sizes import parse_size
@@ -116,6 +116,7 @@ def make_config(variant: str, size: str = "tiny", **overrides: Any) -> ModelConf
         for key, value in recipe.defaults.items():
             (values if key in core else values["options"])[key] = resolve_default(value, values)
     for key, value in overrides.items():
+        check_not_renamed(key, value)
         if value is None:
             continue
         (values if key in core else values["options"])[key] = value
@@ -131,6 +132,7 @@ def make_config(variant: str, size: str = "tiny", **overrides: Any) -> ModelConf
             f"variant {spec.name!r} does not support position {values['position']!r}; "
             f"supported: {', '.join(supported)}"
         )
+    _check_kernel(values["kernel"], components, spec.name)
     declared: dict[str, Any] = {}
     option_specs: dict[str, Any] = {}
     for component in components:
@@ -150,6 +152,25 @@ def make_config(variant: str, size: str = "tiny", **overrides: Any) -> ModelConf
     values["provenance"] = {f"variant:{spec.name}": spec.provider,
                             **{f"{c.kind}:{c.name}": c.provider for c in components}}
     return ModelConfig(**values)
+
+
+def kernel_choices(components: list[ComponentSpec]) -> tuple[str, ...]:
+    """The ``kernel`` values a model of ``components`` accepts: auto, reference, the attention backends
+    when it has attention, and every value the components declare."""
+    from .ops.attention import BACKENDS, EXTRA_BACKENDS
+
+    choices = ["auto", "reference"]
+    if any(c.kind == "attention" for c in components):
+        choices += [*BACKENDS, *EXTRA_BACKENDS]
+    for component in components:
+        choices += component.kernels
+    return tuple(dict.fromkeys(choices))
+
+
+def _check_kernel(kernel: str, components: list[ComponentSpec], variant: str) -> None:
+    choices = kernel_choices(components)
+    if kernel not in choices:
+        raise ConfigError(f"unknown kernel {kernel!r} for variant {variant!r}; choose one of {', '.join(choices)}")
 
 
 def _use_experts(values: dict[str, Any], experts: int, size: str) -> None:

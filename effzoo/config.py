@@ -135,7 +135,7 @@ class ModelConfig:
     rope_theta: float = 1_000_000.0
     rotary_pct: float = 1.0
     init_std: float = 0.02
-    attn_backend: str = "auto"
+    kernel: str = "auto"  # auto: fastest path; reference: pure PyTorch; others declared by components
     options: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, str] = field(default_factory=dict)  # "kind:name" -> "distribution version"
 
@@ -192,6 +192,8 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """The inverse of :meth:`to_dict`; unknown keys raise ConfigError with close matches."""
         valid = {f.name for f in dataclasses.fields(cls)}
+        for key, value in [*data.items(), *dict(data.get("options") or {}).items()]:
+            check_not_renamed(key, value)
         unknown = set(data) - valid
         if unknown:
             raise unknown_keys_error("config keys", unknown, valid)
@@ -206,6 +208,19 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
+RENAMED_KERNEL_SETTINGS: dict[str, dict[str, str]] = {
+    "attn_backend": {}, "ssm_backend": {}, "rwkv_kernel": {"sequential": "reference"}, "moe_backend": {"loop": "reference"},
+}
+"""Former per-plugin kernel settings, now the one core ``kernel``; value renames (old -> new)."""
+
+
+def check_not_renamed(key: str, value: Any) -> None:
+    """Raise ConfigError naming ``kernel`` when ``key`` is one of the former kernel settings."""
+    if key in RENAMED_KERNEL_SETTINGS:
+        new = RENAMED_KERNEL_SETTINGS[key].get(str(value), str(value))
+        raise ConfigError(f"unknown setting {key!r}; use kernel={new!r}")
+
+
 _NAME = Option(None, str)
 CORE_RANGES: dict[str, Option] = {
     "variant": Option("", str), "size": Option("tiny", str),
@@ -216,6 +231,6 @@ CORE_RANGES: dict[str, Option] = {
     "norm_eps": positive_float(1e-6), "rope_theta": positive_float(1e6),
     "rotary_pct": Option(1.0, float, low=0, high=1, low_open=True), "init_std": Option(0.02, float, low=0),
     "parallel_residual": Option(False, bool), "qkv_bias": Option(True, bool), "out_bias": Option(False, bool),
-    "mlp_bias": Option(False, bool), "tie_embeddings": Option(True, bool), "attn_backend": Option("auto", str),
+    "mlp_bias": Option(False, bool), "tie_embeddings": Option(True, bool), "kernel": Option("auto", str),
 }
 """The type and range of every core field, checked in ``ModelConfig.__post_init__``."""

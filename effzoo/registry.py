@@ -59,6 +59,7 @@ class ComponentSpec:
     option_specs: dict[str, Any] = field(default_factory=dict)  # option -> effzoo.config.Option (type, range)
     distribution: str = ""
     version: str = ""
+    kernels: tuple[str, ...] = ()  # values of the core ``kernel`` setting it adds to auto and reference
 
     @property
     def provider(self) -> str:
@@ -240,6 +241,11 @@ class Registry:
         """The kind (embedding, rotary, bias, none) that registered position ``name`` declares."""
         return self.component("position", name).position_kind
 
+    def kernel_names(self) -> set[str]:
+        """Every ``kernel`` value some registered component declares (beyond auto and reference)."""
+        self.ensure_loaded()
+        return {k for table in self.components.values() for spec in table.values() for k in spec.kernels}
+
     def names(self, kind: str = "variant") -> list[str]:
         self.ensure_loaded()
         table = self.variants if kind == "variant" else self.components[kind]
@@ -325,6 +331,7 @@ class Registrar:
         capabilities: Capabilities | None = None,
         uses: dict[str, str | None] | None = None,
         position_kind: str = "",
+        kernels: Iterable[str] = (),
         override: bool = False,
     ) -> None:
         """Register a component; ``factory`` may be ``"module:attr"`` so heavy imports wait for build time.
@@ -332,6 +339,8 @@ class Registrar:
         ``options`` maps the plugin-specific config keys it accepts to their defaults, or to an
         :class:`effzoo.config.Option` carrying the default with its type and range. ``uses`` maps the
         component kinds it builds from to their default names (None: optional, absent unless chosen).
+        ``kernels`` names the implementations it offers beyond ``auto`` and ``reference`` as values of
+        the core ``kernel`` setting (e.g. ``("triton",)``); other components treat them as ``auto``.
         """
         from .config import Option
 
@@ -352,6 +361,7 @@ class Registrar:
             aliases=tuple(_key(a) for a in aliases), capabilities=capabilities or Capabilities(), plugin=self.plugin,
             uses={k: (None if v is None else _key(v)) for k, v in (uses or {}).items()},
             position_kind=position_kind, option_specs=specs, distribution=self.distribution, version=self.version,
+            kernels=tuple(kernels),
         )
         self._components.append((spec, override))
 

@@ -19,19 +19,18 @@ import effzoo
 from effzoo.model.fast_decode import HOST_SYNC_OPS
 
 VARIANTS = effzoo.REGISTRY.ensure_loaded().names("variant")
-CUDA_PATH = {"attn_backend": "sdpa", "moe_backend": "grouped_mm"}
+CUDA_KERNELS = ("grouped_mm", "sdpa")  # MoE experts' grouped GEMM (attention: auto = sdpa here), else sdpa
 
 
 def cuda_path_overrides(variant: str) -> dict[str, str]:
-    """The overrides above that the variant accepts (``moe_backend`` exists only where an MoE FFN does)."""
-    accepted = {}
-    for key, value in CUDA_PATH.items():
+    """``kernel=`` the first of ``CUDA_KERNELS`` the variant accepts (grouped_mm only where an MoE FFN is)."""
+    for kernel in CUDA_KERNELS:
         try:
-            effzoo.make_config(variant, "tiny", **accepted, **{key: value})
+            effzoo.make_config(variant, "tiny", kernel=kernel)
         except effzoo.ConfigError:
             continue
-        accepted[key] = value
-    return accepted
+        return {"kernel": kernel}
+    return {}
 
 
 # Kernels whose CPU implementation reads its index tensors with item() where the CUDA kernel reads them on
@@ -64,7 +63,7 @@ def _model_and_step(variant: str):  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     model = effzoo.build(variant, "tiny", dtype="float32", max_seq_len=256, **cuda_path_overrides(variant))
     if variant == "moe":
-        assert model.config.opt("moe_backend") == "grouped_mm"
+        assert model.config.kernel == "grouped_mm"
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     ids = torch.randint(0, model.config.vocab_size, (2, 129))
 

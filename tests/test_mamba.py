@@ -182,14 +182,14 @@ def test_configuration_errors_are_clear():
         effzoo.build("gqa", size="tiny", layers=["mamba"])
     with pytest.raises(ConfigError, match="not divisible by ssm_head_dim"):
         effzoo.build("mamba", size="tiny", ssm_head_dim=48)
-    mixer = _mixer("mamba", **SMALL_SSD, ssm_backend="triton")
+    mixer = _mixer("mamba", **SMALL_SSD, kernel="triton")
     if kernels.triton_missing(torch.device("cpu")):
         with pytest.raises(ConfigError, match="TRITON_INTERPRET|triton is not installed"):
             mixer(torch.randn(1, 4, 128))
     mixer.backend = "turbo"
-    with pytest.raises(ConfigError, match="unknown ssm_backend"):
+    with pytest.raises(ConfigError, match="unknown kernel 'turbo' for Mamba"):
         mixer(torch.randn(1, 4, 128))
-    m1 = _mixer("mamba1", ssm_backend="triton")
+    m1 = _mixer("mamba1", kernel="triton")
     with pytest.raises(ConfigError, match="Mamba-2"):
         m1(torch.randn(1, 4, 128))
 
@@ -212,10 +212,10 @@ def test_triton_backend_is_chosen_only_for_dims_its_kernel_holds(monkeypatch):
         ssd_chunked_triton(x, dt, A, B, C, 16)
 
 
-def test_explicit_mamba_ssm_backend_explains_how_to_install():
+def test_explicit_mamba_ssm_kernel_explains_how_to_install():
     if kernels.mamba_ssm_missing() is None and torch.cuda.is_available():
         pytest.skip("mamba-ssm is usable here; covered by test_mamba_ssm_matches_reference")
-    mixer = _mixer("mamba", **SMALL_SSD, ssm_backend="mamba_ssm")
+    mixer = _mixer("mamba", **SMALL_SSD, kernel="mamba_ssm")
     with pytest.raises(ConfigError, match="mamba_ssm"):
         mixer(torch.randn(1, 4, 128))
 

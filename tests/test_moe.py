@@ -48,7 +48,7 @@ def test_sorted_dispatch_matches_per_expert_loop(backend, capacity_factor, n_tok
     x = torch.randn(n_tokens, d, requires_grad=True)
     gate_up, down = _experts(n_experts, d, hidden)
     upstream = torch.randn(n_tokens, d)
-    expected, expected_grads = _run("loop", router, x, gate_up, down, upstream)
+    expected, expected_grads = _run("reference", router, x, gate_up, down, upstream)
     actual, grads = _run(backend, router, x, gate_up, down, upstream)
     if capacity_factor is not None and n_tokens > n_experts:
         assert not router(x).keep.all(), "the case must actually drop assignments"
@@ -85,14 +85,14 @@ def test_backend_choice() -> None:
     odd_x = torch.randn(4, 30)  # 120-byte rows are not 16-byte aligned
     odd_gate_up, odd_down = _experts(4, 30, 24)
     assert not grouped_mm_supported(odd_x, odd_gate_up, odd_down)
-    with pytest.raises(ConfigError, match="moe_backend='grouped_mm' cannot run here"):
+    with pytest.raises(ConfigError, match="kernel='grouped_mm' cannot run here"):
         resolve_backend("grouped_mm", odd_x, odd_gate_up, odd_down)
-    with pytest.raises(ConfigError, match="unknown moe_backend 'fast'"):
+    with pytest.raises(ConfigError, match="unknown kernel 'fast' for MoE experts"):
         resolve_backend("fast", x, gate_up, down)
 
 
 def test_autocast_runs_experts_in_autocast_dtype() -> None:
-    layer = _layer(n_experts=4, top_k=2, moe_backend="bmm")
+    layer = _layer(n_experts=4, top_k=2, kernel="bmm")
     x = torch.randn(2, 7, 128)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = layer(x)
@@ -108,7 +108,7 @@ def test_reference_skips_dropped_assignments() -> None:
     keep = torch.tensor([[True, True], [False, False], [True, False]])
     routing = Routing(weights=torch.full((3, 2), 0.5) * keep, experts=torch.tensor([[0, 1], [1, 0], [0, 1]]),
                       keep=keep, aux_loss=torch.zeros(()))
-    for backend in ["loop", *FAST_BACKENDS]:
+    for backend in ["reference", *FAST_BACKENDS]:
         out = moe_swiglu(x, routing, gate_up, down, backend)
         (grad,) = torch.autograd.grad(out.sum(), [x])
         assert torch.equal(out[1], torch.zeros(16)) and torch.equal(grad[1], torch.zeros(16)), backend
@@ -264,8 +264,10 @@ def test_size_string_selects_moe_and_options_validate() -> None:
         effzoo.build("moe", size="tiny", n_experts=2, top_k=3)
     with pytest.raises(ConfigError, match="capacity_factor"):
         effzoo.build("moe", size="tiny", capacity_factor=0)
-    with pytest.raises(ConfigError, match="moe_backend"):
-        effzoo.build("moe", size="tiny", moe_backend="cuda")
+    with pytest.raises(ConfigError, match="unknown kernel 'cuda' for variant 'moe'; choose one of auto, reference, sdpa"):
+        effzoo.build("moe", size="tiny", kernel="cuda")
+    with pytest.raises(ConfigError, match="unknown setting 'moe_backend'; use kernel='reference'"):
+        effzoo.build("moe", size="tiny", moe_backend="loop")
 
 
 @pytest.mark.parametrize("variant", ["gqa", "mqa", "nsa"])

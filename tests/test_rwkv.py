@@ -150,7 +150,7 @@ def test_model_with_torch_kernel_equals_sequential_outputs_and_grads() -> None:
     model = tiny_model(rwkv_chunk_size=8)
     randomise(model)
     results = []
-    for kernel in ("sequential", "torch"):
+    for kernel in ("reference", "torch"):
         for block in model.blocks:
             block.time_mix.kernel = kernel
         model.zero_grad()
@@ -255,8 +255,10 @@ def test_bad_settings_are_rejected() -> None:
         effzoo.make_config("rwkv", size="tiny", position="rope")
     with pytest.raises(ConfigError, match="rwkv_head_size"):
         effzoo.build("rwkv", size="tiny", rwkv_head_size=48)
-    with pytest.raises(ConfigError, match="unknown rwkv_kernel"):
-        effzoo.build("rwkv", size="tiny", rwkv_kernel="cuda")
+    with pytest.raises(ConfigError, match="unknown kernel 'cuda' for variant 'rwkv'; choose one of auto, reference, fla"):
+        effzoo.build("rwkv", size="tiny", kernel="cuda")
+    with pytest.raises(ConfigError, match=r"unknown setting 'rwkv_kernel'; use kernel='reference'"):
+        effzoo.build("rwkv", size="tiny", rwkv_kernel="sequential")
     with pytest.raises(ConfigError, match="rwkv_head_sise"):
         effzoo.make_config("rwkv", size="tiny", rwkv_head_sise=32)
 

@@ -18,6 +18,7 @@ from ..cache import ModelCache
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..interfaces import Component, MixContext, NoPositionalEncoding
+from ..ops.attention import attention_backend
 from ..ops.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 from .parts import build_component, make_norm
 
@@ -49,6 +50,7 @@ class EffzooModel(nn.Module):
         self.norm = make_norm(config)
         self.head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.gradient_checkpointing = False
+        self.attention_backend = attention_backend(config.kernel)  # what ``kernel`` means to attention
 
     # -- weights ---------------------------------------------------------------------------
     @property
@@ -146,7 +148,8 @@ class EffzooModel(nn.Module):
             self.check_static_decode()
             kv_positions = torch.arange(cache.max_len, device=positions.device) if cache is not None else positions
         x = self.position.embed(self.embed(input_ids), positions)
-        ctx = MixContext(positions=positions, position=self.position, backend=backend or self.config.attn_backend,
+        backend = self.attention_backend if backend is None else attention_backend(backend)
+        ctx = MixContext(positions=positions, position=self.position, backend=backend,
                          kv_positions=kv_positions, tables=self.position.prepare(positions))
         for layer, block in enumerate(self.blocks):
             state = cache.layers[layer] if cache is not None else None

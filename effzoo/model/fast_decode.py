@@ -51,7 +51,7 @@ def _static_step(model: nn.Module, token: Tensor, cache: Any, position: Tensor, 
 
 def _static_backend(model: nn.Module) -> str:
     """The attention kernel of the static path: explicit positions need sdpa or the reference."""
-    return "reference" if model.config.attn_backend == "reference" else "sdpa"
+    return "reference" if model.config.kernel == "reference" else "sdpa"
 
 
 class _Session:

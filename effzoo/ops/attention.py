@@ -179,6 +179,16 @@ def register_backend(name: str, fn: Callable[..., Tensor]) -> None:
     EXTRA_BACKENDS[name] = fn
 
 
+def attention_backend(kernel: str) -> str:
+    """The attention backend a model's ``kernel`` setting means: itself when attention implements it,
+    ``auto`` when it names another component's implementation (a Mamba or MoE kernel)."""
+    if kernel in BACKENDS or kernel in EXTRA_BACKENDS:
+        return kernel
+    from ..registry import REGISTRY
+
+    return "auto" if kernel in REGISTRY.kernel_names() else kernel
+
+
 def attend(
     q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True,
     position: PositionalEncoding | None = None, scale: float | None = None, backend: str = "auto",

@@ -165,7 +165,7 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
     model = plan.model
     step_settings = StepSettings(
         grad_accum=config.grad_accum, grad_clip=config.grad_clip, amp_dtype=amp_dtype, fused_loss=config.fused_loss,
-        attn_backend=adapter.attention_backend if model_config.attn_backend == "auto" else None)
+        kernel=adapter.attention_backend if model_config.kernel == "auto" else None)
 
     optimizer = build_optimizer(model, lr=config.lr, betas=(config.beta1, config.beta2),
                                 weight_decay=config.weight_decay, eps=config.eps, device_type=adapter.device.type,
@@ -274,7 +274,7 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
             paused = False
             if eval_enabled and ((config.eval_every and done % config.eval_every == 0) or done == total_steps):
                 val_loss = evaluate(plan, dataset, seq_len, micro, config, info, adapter, amp_dtype,
-                                    step_settings.attn_backend)
+                                    step_settings.kernel)
                 val_losses[done] = counters.val_loss = val_loss
                 val_ppl = perplexity_of(val_loss)
                 logger.write({"kind": "val", "step": done, "val_loss": val_loss, "val_ppl": val_ppl})
@@ -314,7 +314,7 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
 
 @torch.no_grad()
 def evaluate(plan: Parallelized, dataset: Any, seq_len: int, micro: int, config: TrainConfig, info: DistInfo,
-             adapter: BackendAdapter, amp_dtype: torch.dtype, attn_backend: str | None) -> float:
+             adapter: BackendAdapter, amp_dtype: torch.dtype, kernel: str | None) -> float:
     """Mean validation loss over the first ``eval_batches`` batches of the validation split (fixed order).
     Under PP the batches go through the schedule ``grad_accum`` at a time (the last group may be partial)."""
     layout, model = plan.layout, plan.model
@@ -323,12 +323,12 @@ def evaluate(plan: Parallelized, dataset: Any, seq_len: int, micro: int, config:
     model.eval()
     total = torch.zeros((), device=adapter.device)
     if plan.schedule is not None:
-        total += pipeline_eval_sum(plan, loader, config, adapter, amp_dtype, attn_backend)
+        total += pipeline_eval_sum(plan, loader, config, adapter, amp_dtype, kernel)
     else:
         for _ in range(config.eval_batches):
             inputs, targets = next(loader)
             with adapter.autocast(amp_dtype):
-                total += model(inputs, targets, return_logits=False, backend=attn_backend).lm_loss.float()
+                total += model(inputs, targets, return_logits=False, backend=kernel).lm_loss.float()
     model.train()
     if plan.model_parallel:
         return float(replica_loss(plan, total / config.eval_batches))
@@ -336,10 +336,10 @@ def evaluate(plan: Parallelized, dataset: Any, seq_len: int, micro: int, config:
 
 
 def pipeline_eval_sum(plan: Parallelized, loader: Any, config: TrainConfig, adapter: BackendAdapter,
-                      amp_dtype: torch.dtype, attn_backend: str | None) -> torch.Tensor:
+                      amp_dtype: torch.dtype, kernel: str | None) -> torch.Tensor:
     """Sum of the validation losses of ``eval_batches`` batches on the last stage (0 elsewhere)."""
     stage, group = plan.model, config.grad_accum
-    stage.backend = attn_backend
+    stage.backend = kernel
     total = torch.zeros((), device=adapter.device)
     for start in range(0, config.eval_batches, group):
         pairs = [next(loader) for _ in range(group)]

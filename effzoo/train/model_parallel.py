@@ -45,7 +45,7 @@ def model_parallel_backward(plan: "Parallelized", scaler: Any, optimizer: torch.
             inputs, targets = next(batches)
             with adapter.autocast(settings.amp_dtype):
                 output = plan.model(inputs, targets, return_logits=not settings.fused_loss,
-                                    backend=settings.attn_backend)
+                                    backend=settings.kernel)
             micro_loss = output.loss / settings.grad_accum
             (scaler.scale(micro_loss) if scaler is not None else micro_loss).backward()
             loss += micro_loss.detach()
@@ -65,7 +65,7 @@ def pipeline_backward(plan: "Parallelized", batches: Iterator[tuple[Tensor, Tens
     """One pipeline schedule step over the concatenated micro-batches; this stage's share of the loss
     (the language-model loss on the last stage, plus the stage's own auxiliary losses)."""
     stage = plan.model
-    stage.backend = settings.attn_backend
+    stage.backend = settings.kernel
     pairs = [next(batches) for _ in range(settings.grad_accum)]
     inputs, targets = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
     losses: list[Tensor] = []

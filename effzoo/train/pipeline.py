@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..interfaces import MixContext
+from ..ops.attention import attention_backend
 from ..ops.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 
 
@@ -81,7 +82,7 @@ class DecoderStage(nn.Module):
         length = x.shape[1]
         positions = torch.arange(length, device=x.device)
         hidden = self.position.embed(self.embed(x), positions) if self.first else x
-        ctx = MixContext(positions=positions, position=self.position, backend=self.backend or self.config.attn_backend,
+        ctx = MixContext(positions=positions, position=self.position, backend=self.backend or attention_backend(self.config.kernel),
                          tables=self.position.prepare(positions))
         for block in self.blocks.values():
             if self.gradient_checkpointing and self.training:

@@ -30,7 +30,7 @@ class StepSettings:
     grad_clip: float = 1.0
     amp_dtype: torch.dtype = torch.float32
     fused_loss: bool = True
-    attn_backend: str | None = None
+    kernel: str | None = None
 
 
 @dataclass
@@ -66,7 +66,7 @@ def train_step(plan: Parallelized, optimizer: torch.optim.Optimizer, scaler: tor
         sync = model.no_sync() if plan.ddp and not last_micro else contextlib.nullcontext()
         with sync:
             with adapter.autocast(settings.amp_dtype):
-                output = model(inputs, targets, return_logits=not settings.fused_loss, backend=settings.attn_backend)
+                output = model(inputs, targets, return_logits=not settings.fused_loss, backend=settings.kernel)
             loss = output.loss / settings.grad_accum
             (scaler.scale(loss) if scaler is not None else loss).backward()
         loss_sum += loss.detach()

@@ -1,7 +1,7 @@
 """Mamba-2 (SSD) as ``mamba`` and Mamba-1 (selective scan) as ``mamba1``: blocks, sizes, variants.
 
 Heavy pieces load at build time: the block factories are ``"module:attr"`` strings, the Triton
-kernels import only when ``ssm_backend`` resolves to ``triton``, mamba-ssm only when it is chosen.
+kernels import only when the ``kernel`` setting resolves to ``triton``, mamba-ssm only when it is chosen.
 """
 from __future__ import annotations
 
@@ -33,12 +33,12 @@ SHARED_OPTIONS: dict[str, Any] = {
     "chunk_size": plugin.positive_int(256),
     "dt_min": plugin.positive_float(0.001),
     "dt_max": plugin.positive_float(0.1),
-    "ssm_backend": "auto",  # auto | reference | triton | mamba_ssm
 }
 MAMBA2_OPTIONS = {**SHARED_OPTIONS, "ssm_head_dim": plugin.positive_int(64), "n_groups": plugin.positive_int(1)}
 MAMBA1_OPTIONS = {**SHARED_OPTIONS, "dt_rank": plugin.positive_int(None)}  # None: ceil(d_model / 16)
 
 EMBEDDING_POSITIONS = ("none", "absolute", "learned")
+MAMBA_KERNELS = ("triton", "mamba_ssm")  # the values of the ``kernel`` setting beyond auto / reference
 MAMBA_USES = {"norm": "rmsnorm", "ffn": None}  # an FFN only when a hybrid's attention variant brings one
 
 
@@ -46,13 +46,13 @@ MAMBA_USES = {"norm": "rmsnorm", "ffn": None}  # an FFN only when a hybrid's att
 def effzoo_register(register: plugin.Registrar) -> None:
     register.add_block(
         "mamba", "effzoo_plugins.mamba.block:mamba2_block", aliases=["mamba2", "ssd"], options=MAMBA2_OPTIONS,
-        uses=MAMBA_USES,
+        uses=MAMBA_USES, kernels=MAMBA_KERNELS,
         capabilities=Capabilities(kv_cache=False, recurrent=True, fast_path="mamba-ssm/triton"),
         description="norm → Mamba-2 SSD mixer → residual (constant-size conv + SSM state)",
     )
     register.add_block(
         "mamba1", "effzoo_plugins.mamba.block:mamba1_block", aliases=["selective_scan"], options=MAMBA1_OPTIONS,
-        uses=MAMBA_USES,
+        uses=MAMBA_USES, kernels=MAMBA_KERNELS,
         capabilities=Capabilities(kv_cache=False, recurrent=True, fast_path="mamba-ssm"),
         description="norm → Mamba-1 selective-scan mixer → residual (constant-size conv + SSM state)",
     )

@@ -1,6 +1,6 @@
 """Which scan/convolution implementation runs: feature detection and dispatch.
 
-Backends (block option ``ssm_backend``):
+Backends (the model's ``kernel`` setting; values it does not list, e.g. ``sdpa``, mean ``auto``):
 
 - ``reference``: pure PyTorch (:mod:`.ssd_reference`, :mod:`.selective_scan_reference`), any device;
 - ``triton``: effzoo's own chunked-SSD Triton kernels (Mamba-2 only; CUDA, or CPU under
@@ -27,7 +27,7 @@ TRITON_MAX_DIM = 256  # effzoo's SSD kernel holds a whole head_dim / d_state row
 INSTALL_HINT = (
     "install the CUDA kernels with `pip install 'effzoo[kernels]'` (equivalently "
     "`pip install mamba-ssm causal-conv1d --no-build-isolation`; they compile against the installed torch "
-    "and CUDA toolkit), or use ssm_backend='triton' / 'reference'"
+    "and CUDA toolkit), or use kernel='triton' / 'reference'"
 )
 
 
@@ -71,15 +71,21 @@ def triton_dims_unsupported(dims: tuple[int, ...]) -> str | None:
     return f"head_dim and d_state must be <= {TRITON_MAX_DIM} for the Triton SSD kernels, got {dims}"
 
 
+def configured_backend(kernel: str) -> str:
+    """The backend a model's ``kernel`` setting asks of the SSM: itself when it is one of ``BACKENDS``,
+    else ``auto`` (another component's kernel, validated by ``make_config``)."""
+    return kernel if kernel in BACKENDS else "auto"
+
+
 def check_backend(name: str) -> str:
-    """``name`` if it is a known ``ssm_backend``, else a ConfigError listing the choices."""
+    """``name`` if it is a known SSM backend, else a ConfigError listing the choices."""
     if name not in BACKENDS:
-        raise ConfigError(f"unknown ssm_backend {name!r}; choose one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown kernel {name!r} for Mamba; choose one of {', '.join(BACKENDS)}")
     return name
 
 
 def requested_backend(configured: str, ctx: MixContext | None) -> str:
-    """The block's ``ssm_backend``, or ``reference`` when the model runs with ``backend="reference"``."""
+    """The block's backend, or ``reference`` when the model runs with ``backend="reference"``."""
     return "reference" if ctx is not None and ctx.backend == "reference" else configured
 
 
@@ -97,21 +103,21 @@ def resolve_backend(requested: str, device: torch.device, *, has_triton_kernel: 
             return "reference"
         why = triton_dims_unsupported(dims)
         if why:
-            warnings.warn(f"ssm_backend='auto' runs the PyTorch reference SSD on CUDA: {why}; "
+            warnings.warn(f"kernel='auto' runs the PyTorch reference SSD on CUDA: {why}; "
                           f"install mamba-ssm for fused kernels ({INSTALL_HINT})", stacklevel=2)
             return "reference"
         return "triton"
     if requested == "mamba_ssm":
         why = mamba_ssm_missing() or (None if device.type == "cuda" else "mamba-ssm kernels need a CUDA device")
         if why:
-            raise ConfigError(f"ssm_backend='mamba_ssm' cannot run: {why}")
+            raise ConfigError(f"kernel='mamba_ssm' cannot run: {why}")
     if requested == "triton":
         if not has_triton_kernel:
-            raise ConfigError("ssm_backend='triton' exists for Mamba-2 (SSD) only; Mamba-1 uses "
+            raise ConfigError("kernel='triton' exists for Mamba-2 (SSD) only; Mamba-1 uses "
                               "'mamba_ssm' (CUDA) or 'reference'")
         why = triton_missing(device) or triton_dims_unsupported(dims)
         if why:
-            raise ConfigError(f"ssm_backend='triton' cannot run: {why}")
+            raise ConfigError(f"kernel='triton' cannot run: {why}")
     return requested
 
 
@@ -142,7 +148,7 @@ def selective_scan_mamba_ssm(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Ten
     """Mamba-1 scan by mamba-ssm's CUDA kernel (layout (batch, channels, T)); no initial state."""
     if initial_state is not None:
         raise ConfigError("mamba-ssm's selective_scan_fn does not take an initial state; "
-                          "prefill a cache with ssm_backend='reference'")
+                          "prefill a cache with kernel='reference'")
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
     def channels_first(t: Tensor) -> Tensor:  # the kernel wants (batch, channels, T) in the input dtype

@@ -11,7 +11,7 @@ from effzoo.plugin import Component, MixContext, ModelConfig
 
 from .kernels import (
     causal_conv1d_missing,
-    check_backend,
+    configured_backend,
     requested_backend,
     resolve_backend,
     selective_scan_mamba_ssm,
@@ -41,7 +41,7 @@ class Mamba1Mixer(Component):
         self.dt_rank = int(cfg.opt("dt_rank") or math.ceil(cfg.d_model / 16))
         self.scan_chunk = int(cfg.opt("chunk_size"))
         self.dt_range = (float(cfg.opt("dt_min")), float(cfg.opt("dt_max")))
-        self.backend = check_backend(str(cfg.opt("ssm_backend")))
+        self.backend = configured_backend(cfg.kernel)
         check(min(self.d_state, self.d_conv, self.dt_rank, self.scan_chunk, self.d_inner) > 0,
               "d_state, d_conv, dt_rank, chunk_size and expand must be positive")
         self.in_proj = nn.Linear(cfg.d_model, 2 * self.d_inner, bias=False)

@@ -12,7 +12,7 @@ from effzoo.plugin import Component, MixContext, ModelConfig
 
 from .kernels import (
     causal_conv1d_missing,
-    check_backend,
+    configured_backend,
     requested_backend,
     resolve_backend,
     ssd_function,
@@ -43,7 +43,7 @@ class Mamba2Mixer(Component):
         self.n_groups, self.chunk_size = int(cfg.opt("n_groups")), int(cfg.opt("chunk_size"))
         self.d_inner = int(cfg.opt("expand")) * cfg.d_model
         self.dt_range = (float(cfg.opt("dt_min")), float(cfg.opt("dt_max")))
-        self.backend = check_backend(str(cfg.opt("ssm_backend")))
+        self.backend = configured_backend(cfg.kernel)
         check(self.d_state > 0 and self.d_conv > 0 and self.chunk_size > 0,
                "d_state, d_conv and chunk_size must be positive")
         check(self.d_inner % self.head_dim == 0,

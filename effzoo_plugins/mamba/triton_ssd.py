@@ -255,7 +255,7 @@ def ssd_chunked_triton(
     batch, length, heads, head_dim = x.shape
     if max(head_dim, B.shape[-1]) > TRITON_MAX_DIM:
         raise ValueError(f"the Triton SSD kernels need head_dim and d_state <= {TRITON_MAX_DIM}, got "
-                         f"{head_dim} and {B.shape[-1]}; use ssm_backend='reference' or 'mamba_ssm'")
+                         f"{head_dim} and {B.shape[-1]}; use kernel='reference' or 'mamba_ssm'")
     # Chunking changes the schedule, not the result: use a power of two >= 16, no longer than needed.
     chunk_size = max(16, 1 << (max(chunk_size, 1).bit_length() - 1))
     chunk_size = min(chunk_size, max(16, triton.next_power_of_2(length)))

@@ -16,7 +16,6 @@ MOE_OPTIONS: dict[str, Any] = {
     "top_k": plugin.positive_int(2),
     "moe_ffn_hidden": plugin.positive_int(lambda config: config["ffn_hidden"]),
     "shared_expert_hidden": plugin.non_negative_int(0),
-    "moe_backend": "auto",
 }
 
 ROUTER_OPTIONS: dict[str, Any] = {
@@ -39,7 +38,7 @@ def dense_against_moe(sizes: list[str] | None) -> list[tuple[str, str, str]]:
 def effzoo_register(register: plugin.Registrar) -> None:
     register.add_ffn(
         "moe", "effzoo_plugins.moe.layer:moe_ffn", options=MOE_OPTIONS, aliases=["mixture_of_experts"],
-        uses={"router": "topk"},
+        uses={"router": "topk"}, kernels=("grouped_mm", "bmm"),
         capabilities=Capabilities(moe=True, fast_path="grouped_mm"),
         description="Mixture of SwiGLU experts, sorted dispatch + grouped GEMM, optional shared expert",
     )

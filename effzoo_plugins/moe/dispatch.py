@@ -7,13 +7,13 @@
     combine  rows go back to (N, k, d) through the inverse permutation and are summed with the
              routing weights; gather and combine have gather-only backwards (no atomic adds)
 
-Expert backends (``moe_backend``):
+Expert backends (the model's ``kernel`` setting; values it does not list, e.g. ``sdpa``, mean ``auto``):
 - ``grouped_mm``: ``torch._grouped_mm`` over the blocks, no host synchronisation. Fast on CUDA in
   bfloat16 on SM90+ (CUTLASS); runs but is slow elsewhere (CPU kernel; torch's CUDA fallback loops
   over groups on the host). Needs d_model and expert hidden rows that are multiples of 16 bytes.
 - ``bmm``: blocks scattered into a zero-padded (E, max_count, d) buffer and two ``torch.bmm``; any
   dtype and device, one host sync for the largest block.
-- ``loop``: :func:`moe_reference`, a plain loop over experts and slots; the test oracle.
+- ``reference``: :func:`moe_reference`, a plain loop over experts and slots; the test oracle.
 - ``auto``: ``grouped_mm`` where it is fast (CUDA, bf16, SM90+), else ``bmm``.
 
 An assignment dropped by capacity keeps its row in its expert's block with combine weight 0: its
@@ -34,7 +34,7 @@ from effzoo.plugin import Routing
 
 from .routers import expert_counts
 
-BACKENDS = ("auto", "grouped_mm", "bmm", "loop")
+BACKENDS = ("auto", "reference", "grouped_mm", "bmm")
 
 
 @dataclass
@@ -116,10 +116,16 @@ def grouped_mm_fast(x: Tensor, w_gate_up: Tensor, w_down: Tensor) -> bool:
             and grouped_mm_supported(x, w_gate_up, w_down))
 
 
+def configured_backend(kernel: str) -> str:
+    """What a model's ``kernel`` setting asks of the experts: itself when it is one of ``BACKENDS``, else
+    ``auto`` (another component's kernel, validated by ``make_config``)."""
+    return kernel if kernel in BACKENDS else "auto"
+
+
 def check_backend(name: str) -> str:
-    """``name`` if it is a known ``moe_backend``, else a ConfigError listing the choices."""
+    """``name`` if it is a known expert backend, else a ConfigError listing the choices."""
     if name not in BACKENDS:
-        raise ConfigError(f"unknown moe_backend {name!r}; choose one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown kernel {name!r} for MoE experts; choose one of {', '.join(BACKENDS)}")
     return name
 
 
@@ -130,9 +136,9 @@ def resolve_backend(backend: str, x: Tensor, w_gate_up: Tensor, w_down: Tensor) 
         return "grouped_mm" if grouped_mm_fast(x, w_gate_up, w_down) else "bmm"
     if backend == "grouped_mm" and not grouped_mm_supported(x, w_gate_up, w_down):
         raise ConfigError(
-            f"moe_backend='grouped_mm' cannot run here (torch {torch.__version__}, {x.device.type}, {x.dtype}, "
+            f"kernel='grouped_mm' cannot run here (torch {torch.__version__}, {x.device.type}, {x.dtype}, "
             f"d_model={x.shape[-1]}, expert hidden={w_down.shape[-1]}): it needs torch >= 2.8, CPU or CUDA, "
-            "fp32/bf16/fp16 and sizes whose rows are multiples of 16 bytes; use moe_backend='auto' or 'bmm'"
+            "fp32/bf16/fp16 and sizes whose rows are multiples of 16 bytes; use kernel='auto' or 'bmm'"
         )
     return backend
 
@@ -161,7 +167,7 @@ def moe_swiglu(x: Tensor, routing: Routing, w_gate_up: Tensor, w_down: Tensor, b
         x = x.to(torch.get_autocast_dtype(x.device.type))
     w_gate_up, w_down = w_gate_up.to(x.dtype), w_down.to(x.dtype)
     backend = resolve_backend(backend, x, w_gate_up, w_down)
-    if backend == "loop":
+    if backend == "reference":
         return moe_reference(x, routing, w_gate_up, w_down)
     n_tokens, top_k = routing.experts.shape
     plan = plan_dispatch(routing.experts, w_gate_up.shape[0])

@@ -12,7 +12,7 @@ from effzoo import plugin
 from effzoo.plugin import Component, ConfigError, FeedForward, MixContext, ModelConfig, Routing, build_component
 
 from . import MOE_OPTIONS
-from .dispatch import check_backend, moe_swiglu
+from .dispatch import configured_backend, moe_swiglu
 
 
 class SharedExpert(FeedForward):
@@ -69,7 +69,7 @@ class MoEFeedForward(FeedForward):
         self.n_experts, self.top_k = int(cfg.opt("n_experts")), int(cfg.opt("top_k"))
         hidden = int(cfg.opt("moe_ffn_hidden"))
         shared = int(cfg.opt("shared_expert_hidden", MOE_OPTIONS["shared_expert_hidden"].default))
-        self.backend = check_backend(str(cfg.opt("moe_backend", MOE_OPTIONS["moe_backend"])))
+        self.backend = configured_backend(cfg.kernel)
         if hidden <= 0 or shared < 0:
             raise ConfigError(f"moe_ffn_hidden must be positive and shared_expert_hidden >= 0, got {hidden}, {shared}")
         router = cfg.opt("router")

@@ -29,7 +29,6 @@ BLOCK_OPTIONS: dict[str, Any] = {
     "rwkv_value_lora": plugin.positive_int(_rank(1.3, 0.5)),
     "rwkv_gate_lora": plugin.positive_int(_rank(0.6, 0.8)),
     "rwkv_value_residual": plugin.Option(True, bool),
-    "rwkv_kernel": "auto",
     "rwkv_chunk_size": plugin.positive_int(None),  # None: 32 tokens (PyTorch form), 64 (Triton scan)
 }
 
@@ -50,6 +49,7 @@ RWKV7_DEFAULTS = dict(block="rwkv7", norm_eps=1e-5, tie_embeddings=False)
 def effzoo_register(register: plugin.Registrar) -> None:
     register.add_block(
         "rwkv7", "effzoo_plugins.rwkv.block:rwkv7_block", aliases=["rwkv", "goose"], options=BLOCK_OPTIONS, uses={"norm": "layernorm"},
+        kernels=("fla", "triton", "torch"),
         capabilities=Capabilities(kv_cache=False, recurrent=True, fast_path="fla/triton"),
         description="RWKV-7 time-mix (generalised delta rule) + squared-ReLU channel-mix, with token shift",
     )

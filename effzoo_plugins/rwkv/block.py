@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from effzoo.plugin import Component, ConfigError, MixContext, MixerBlock, ModelConfig, make_norm
 
-from .kernels import LOG_DECAY_BOUND, check_kernel, wkv7
+from .kernels import LOG_DECAY_BOUND, configured_kernel, wkv7
 
 V_FIRST_KEY = "rwkv7_v_first"
 BRANCHES = ("r", "w", "k", "v", "a", "g")
@@ -67,7 +67,7 @@ class TimeMix(Component):
         self.heads = d // self.head_size
         self.layer, self.n_layers, self.first = layer, cfg.n_layers, first
         self.value_residual = bool(cfg.opt("rwkv_value_residual")) and not first
-        self.kernel, self.chunk_size = check_kernel(str(cfg.opt("rwkv_kernel"))), cfg.opt("rwkv_chunk_size")
+        self.kernel, self.chunk_size = configured_kernel(cfg.kernel), cfg.opt("rwkv_chunk_size")
         if self.chunk_size is not None and int(self.chunk_size) <= 0:
             raise ConfigError(f"rwkv_chunk_size must be positive (or None for the default), got {self.chunk_size}")
         ranks = {name: int(cfg.opt(f"rwkv_{name}_lora")) for name in ("decay", "iclr", "value", "gate")}

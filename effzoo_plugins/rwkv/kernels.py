@@ -1,13 +1,13 @@
 """Which implementation computes the RWKV-7 recurrence: feature detection and dispatch.
 
-``rwkv_kernel`` choices:
+Choices (the model's ``kernel`` setting; values it does not list, e.g. ``sdpa``, mean ``auto``):
 
 - ``auto``: flash-linear-attention's ``chunk_rwkv7`` on CUDA when installed, else effzoo's Triton
   chunk scan on CUDA, else the PyTorch chunked form; a single decoding token uses the recurrence.
 - ``fla``: flash-linear-attention (``pip install 'effzoo[fla]'``); CUDA only.
 - ``triton``: effzoo's own kernels (:mod:`effzoo_plugins.rwkv.triton_chunk`).
 - ``torch``: the chunked PyTorch form (any device; the CPU training path).
-- ``sequential``: the per-token oracle (slow; for checking).
+- ``reference``: the per-token oracle, resolved as ``sequential`` (slow; for checking).
 """
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ from effzoo_plugins.feature_detection import installed, triton_interpreting
 
 from .reference import wkv7_chunked, wkv7_sequential
 
-KERNELS = ("auto", "fla", "triton", "torch", "sequential")
+KERNELS = ("auto", "reference", "fla", "triton", "torch")
 LOG_DECAY_BOUND = -math.exp(-0.5)  # the block's log decay lies in (LOG_DECAY_BOUND, 0)
 FLA_MISSING = (
     "flash-linear-attention is not installed, so its chunk_rwkv7 kernel is unavailable; "
     "install it with `pip install 'effzoo[fla]'` (pure Python + Triton, needs a CUDA GPU), "
-    "or use rwkv_kernel='triton' / 'torch'"
+    "or use kernel='triton' / 'torch'"
 )
 
 
@@ -58,16 +58,24 @@ def _fla_accepts_lower_bound() -> bool:
     return "lower_bound" in inspect.signature(fla_chunk_rwkv7()).parameters
 
 
+def configured_kernel(kernel: str) -> str:
+    """What a model's ``kernel`` setting asks of RWKV: itself when it is one of ``KERNELS``, else ``auto``
+    (another component's kernel, validated by ``make_config``)."""
+    return kernel if kernel in KERNELS else "auto"
+
+
 def check_kernel(name: str) -> str:
-    """``name`` if it is a known ``rwkv_kernel``, else a ConfigError listing the choices."""
+    """``name`` if it is a known RWKV kernel, else a ConfigError listing the choices."""
     if name not in KERNELS:
-        raise ConfigError(f"unknown rwkv_kernel {name!r}; choose one of {', '.join(KERNELS)}")
+        raise ConfigError(f"unknown kernel {name!r} for RWKV; choose one of {', '.join(KERNELS)}")
     return name
 
 
 def resolve_kernel(kernel: str, device_type: str, length: int, key_dim: int, value_dim: int) -> str:
     """The concrete implementation ``kernel`` means here (raises ConfigError when it cannot run)."""
     check_kernel(kernel)
+    if kernel == "reference":
+        return "sequential"
     if kernel == "auto":
         if length == 1:
             return "sequential"
@@ -80,7 +88,7 @@ def resolve_kernel(kernel: str, device_type: str, length: int, key_dim: int, val
                 return "triton"
         return "torch"
     if kernel == "fla" and device_type != "cuda":
-        raise ConfigError(f"rwkv_kernel='fla' needs CUDA tensors, got {device_type}; use 'torch' on this device")
+        raise ConfigError(f"kernel='fla' needs CUDA tensors, got {device_type}; use 'torch' on this device")
     if kernel == "fla" and not has_fla():
         raise ConfigError(FLA_MISSING)
     if kernel == "triton":
@@ -91,15 +99,15 @@ def resolve_kernel(kernel: str, device_type: str, length: int, key_dim: int, val
 def _check_triton(device_type: str, key_dim: int, value_dim: int) -> None:
     """Raise ConfigError when effzoo's Triton scan cannot run here (no triton, no GPU, head sizes)."""
     if not has_triton():
-        raise ConfigError("rwkv_kernel='triton' needs the triton package (`pip install 'effzoo[cuda]'`)")
+        raise ConfigError("kernel='triton' needs the triton package (`pip install 'effzoo[cuda]'`)")
     from .triton_chunk import SUPPORTED_DIMS, supports
 
     if device_type != "cuda" and not triton_interpreting():
-        raise ConfigError(f"rwkv_kernel='triton' needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got "
+        raise ConfigError(f"kernel='triton' needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got "
                           f"{device_type}; use 'torch' on this device")
     if not supports(key_dim, value_dim):
-        raise ConfigError(f"rwkv_kernel='triton' needs head sizes in {SUPPORTED_DIMS}, got K={key_dim}, "
-                          f"V={value_dim}; use rwkv_kernel='torch' (or 'auto', which falls back to it)")
+        raise ConfigError(f"kernel='triton' needs head sizes in {SUPPORTED_DIMS}, got K={key_dim}, "
+                          f"V={value_dim}; use kernel='torch' (or 'auto', which falls back to it)")
 
 
 def wkv7(

@@ -6,7 +6,7 @@ sequential — ``S_{n+1} = P_n S_n + G_n`` over the chunks, and its adjoint
 ``λ_n = P_n^T λ_{n+1} + ∂L/∂S_n`` in the backward pass — runs in one Triton kernel, one program per
 (sequence·head, value tile), keeping the state tile in registers across chunks.
 
-Imported only when the Triton path is chosen (``rwkv_kernel="triton"`` or ``"auto"`` on CUDA).
+Imported only when the Triton path is chosen (``kernel="triton"`` or ``"auto"`` on CUDA).
 Set ``TRITON_INTERPRET=1`` to run the kernels on CPU tensors (slow; used by the tests).
 """
 from __future__ import annotations
@@ -115,7 +115,7 @@ def wkv7_triton(
     if not supports(key_dim, v.shape[-1]):
         raise ValueError(
             f"the Triton RWKV-7 path needs head sizes in {SUPPORTED_DIMS}, got K={key_dim}, V={v.shape[-1]}; "
-            "use rwkv_kernel='torch'"
+            "use kernel='torch'"
         )
     if state is None:
         state = torch.zeros(batch, heads, key_dim, v.shape[-1], dtype=torch.float32, device=v.device)
