@@ -4,11 +4,12 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 
 from effzoo.cli import main
-from effzoo.data import embedded_dataset
+from effzoo.data import DataError, embedded_dataset
 from effzoo.data.tokenizers import load_tokenizer
 from effzoo.errors import ConfigError
 from effzoo.eval import load_language_model, perplexity
@@ -114,3 +115,11 @@ def test_loss_by_position_matches_perplexity(run_dir, tmp_path):
                  "--buckets", "4", "--out", str(tmp_path / "ppl"), "--quiet", "--device", "cpu"])
     assert code == 0 and (tmp_path / "ppl-positions.png").stat().st_size > 0
     assert len(json.loads((tmp_path / "ppl.json").read_text())["by_position"]["buckets"]) == 4
+
+
+def test_loss_by_position_checks_token_ids_first(run_dir):
+    lm = load_language_model(str(run_dir))
+    tokens = np.array(embedded_dataset("byte").split("val")[:1025], dtype=np.int64)
+    tokens[700] = lm.tokenizer.vocab_size  # one id the tokenizer never makes, inside the evaluated windows
+    with pytest.raises(DataError, match="token 700 is id"):
+        loss_by_position(lm, tokens, seq_len=64, batch_size=4, buckets=4, max_tokens=1024)

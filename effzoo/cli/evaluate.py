@@ -119,7 +119,7 @@ def _ppl(args: argparse.Namespace, lm) -> dict:
     if args.by_position:
         from effzoo.eval.ppl_positions import report_by_position
 
-        result["by_position"] = report_by_position(lm, tokens, args)
+        result["by_position"] = report_by_position(lm, tokens, args, vocab_size)
     return result
 
 

@@ -30,13 +30,10 @@ def check_token_ids(lm: LanguageModel, tokens: Any, count: int, vocab_size: int 
                             "the data was not made with this model's tokenizer (pass --tokenizer, or other data)")
 
 
-@torch.no_grad()
-def perplexity(lm: LanguageModel, tokens: Any, *, seq_len: int = 512, batch_size: int = 4,
-               max_tokens: int | None = None, progress: bool = False,
-               vocab_size: int | None = None) -> dict[str, float | int]:
-    """Mean next-token cross-entropy and its exponent over windows ``[i*L, (i+1)*L]`` of ``tokens``
-    (every token predicted once, each window predicting ``L`` tokens), up to ``max_tokens`` predictions.
-    Every id is checked first against the model's, the tokenizer's and ``vocab_size`` (the data's)."""
+def checked_windows(lm: LanguageModel, tokens: Any, seq_len: int, max_tokens: int | None,
+                    vocab_size: int | None = None) -> tuple[int, int]:
+    """``(window length, window count)`` of the consecutive windows an evaluation reads, after checking
+    that there is at least one and that every token id they cover is valid (:func:`check_token_ids`)."""
     seq_len = min(seq_len, lm.max_len)
     windows = (len(tokens) - 1) // seq_len
     if max_tokens is not None:
@@ -44,6 +41,17 @@ def perplexity(lm: LanguageModel, tokens: Any, *, seq_len: int = 512, batch_size
     if windows < 1:
         raise DataError(f"{len(tokens)} tokens are fewer than one window of {seq_len} + 1; lower --seq-len")
     check_token_ids(lm, tokens, windows * seq_len + 1, vocab_size)
+    return seq_len, windows
+
+
+@torch.no_grad()
+def perplexity(lm: LanguageModel, tokens: Any, *, seq_len: int = 512, batch_size: int = 4,
+               max_tokens: int | None = None, progress: bool = False,
+               vocab_size: int | None = None) -> dict[str, float | int]:
+    """Mean next-token cross-entropy and its exponent over windows ``[i*L, (i+1)*L]`` of ``tokens``
+    (every token predicted once, each window predicting ``L`` tokens), up to ``max_tokens`` predictions.
+    Every id is checked first against the model's, the tokenizer's and ``vocab_size`` (the data's)."""
+    seq_len, windows = checked_windows(lm, tokens, seq_len, max_tokens, vocab_size)
     from effzoo.metrics.progress import make_progress
 
     nll, count = 0.0, 0

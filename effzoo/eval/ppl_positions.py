@@ -13,21 +13,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from effzoo.data.errors import DataError
-
 from .models import LanguageModel
+from .ppl import checked_windows
 
 
 @torch.no_grad()
 def loss_by_position(lm: LanguageModel, tokens: Any, *, seq_len: int = 512, batch_size: int = 4,
-                     buckets: int = 16, max_tokens: int | None = None, progress: bool = False) -> dict[str, Any]:
-    """Mean loss per position ``0..seq_len-1`` and per bucket of ``seq_len / buckets`` positions."""
-    seq_len = min(seq_len, lm.max_len)
-    windows = (len(tokens) - 1) // seq_len
-    if max_tokens is not None:
-        windows = min(windows, max(1, max_tokens // seq_len))
-    if windows < 1:
-        raise DataError(f"{len(tokens)} tokens are fewer than one window of {seq_len} + 1; lower --seq-len")
+                     buckets: int = 16, max_tokens: int | None = None, progress: bool = False,
+                     vocab_size: int | None = None) -> dict[str, Any]:
+    """Mean loss per position ``0..seq_len-1`` and per bucket of ``seq_len / buckets`` positions, over the
+    windows :func:`effzoo.eval.ppl.perplexity` reads (token ids checked first, as there)."""
+    seq_len, windows = checked_windows(lm, tokens, seq_len, max_tokens, vocab_size)
     buckets = max(1, min(buckets, seq_len))
     from tqdm import tqdm
 
@@ -38,8 +34,6 @@ def loss_by_position(lm: LanguageModel, tokens: Any, *, seq_len: int = 512, batc
                                           for r in rows]))
         logits = lm.logits(data[:, :-1]).float()
         targets = data[:, 1:].to(logits.device)
-        if logits.shape[-1] <= int(targets.max()):
-            raise DataError(f"token id {int(targets.max())} is outside the model's vocabulary ({logits.shape[-1]})")
         nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
         total += nll.sum(dim=0).double().cpu()
     per_position = (total / windows).tolist()
@@ -78,13 +72,13 @@ def position_plot(result: dict[str, Any], path: Any, title: str = "loss by token
     return _save(fig, plt, path)
 
 
-def report_by_position(lm: LanguageModel, tokens: Any, args: Any) -> dict[str, Any]:
+def report_by_position(lm: LanguageModel, tokens: Any, args: Any, vocab_size: int | None = None) -> dict[str, Any]:
     """``effzoo eval ppl --by-position``: print the bucket table, draw ``OUT-positions.png`` (or
     ``ppl-positions.png`` without ``--out``) and return the numbers for the JSON report."""
     from pathlib import Path
 
     result = loss_by_position(lm, tokens, seq_len=args.seq_len, batch_size=args.batch_size, buckets=args.buckets,
-                              max_tokens=args.max_tokens, progress=not args.quiet)
+                              max_tokens=args.max_tokens, progress=not args.quiet, vocab_size=vocab_size)
     print(markdown_table(result))
     from effzoo.bench import plots
 
