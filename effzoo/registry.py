@@ -37,6 +37,7 @@ class Capabilities:
     fast_path: str | None = None
     moe: bool = False
     positions: tuple[str, ...] | None = None  # supported position encodings; None = every one
+    quick_recall: bool = False  # a variant of the recall suite's ``--quick`` grid (effzoo.bench.recall)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

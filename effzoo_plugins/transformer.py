@@ -89,7 +89,8 @@ def effzoo_register(register: plugin.Registrar) -> None:
                        description="norm → attention → residual → norm → FFN → residual (parallel option)")
     register.add_sizes("qwen2.5", QWEN25_SIZES)
     register.add_variant("gqa", family="qwen2.5", group="attention", aliases=["qwen2.5", "qwen", "dense"],
-                         defaults=QWEN25_BLOCK, capabilities=Capabilities(fast_path="sdpa/flex"), baseline=True,
+                         defaults=QWEN25_BLOCK, capabilities=Capabilities(fast_path="sdpa/flex", quick_recall=True),
+                         baseline=True,
                          description="Grouped-query attention, the Qwen2.5 baseline (Ainslie et al. 2023)")
     register.add_variant("mqa", family="qwen2.5", group="attention", defaults={**QWEN25_BLOCK, "n_kv_heads": 1},
                          capabilities=Capabilities(fast_path="sdpa/flex"),

@@ -27,7 +27,7 @@ PP_SCHEDULES = ("1f1b", "gpipe")
 class TrainConfig:
     """What to train, on what data, for how long, and how (EfficientLLM optimiser defaults)."""
 
-    variant: str = "gqa"
+    variant: str | None = None  # None: the registry's baseline variant (resolved when the config is made)
     size: str = "tiny"
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides (`--set key=value`)
     data: str | None = None  # token directory / Megatron prefix; None = the embedded corpus
@@ -69,6 +69,12 @@ class TrainConfig:
     sample_interval: float = 1.0  # seconds between memory / utilisation / power samples
     tensorboard: bool = True
     quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if self.variant is None:
+            from ..registry import REGISTRY
+
+            self.variant = REGISTRY.baseline()
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod

@@ -61,7 +61,7 @@ def effzoo_register(register: plugin.Registrar) -> None:
         "mamba", family="mamba", group="attention-free", aliases=["mamba2"],
         defaults={"block": "mamba", "ffn": "none", "norm_eps": 1e-5, "d_state": 128},
         capabilities=Capabilities(kv_cache=False, recurrent=True, fast_path="mamba-ssm/triton",
-                                  positions=EMBEDDING_POSITIONS),
+                                  positions=EMBEDDING_POSITIONS, quick_recall=True),
         description="Mamba-2: state-space duality, scalar decay per head, chunked scan (Dao & Gu 2024)",
     )
     register.add_variant(

@@ -56,7 +56,8 @@ def effzoo_register(register: plugin.Registrar) -> None:
     register.add_sizes("rwkv", RWKV_SIZES)
     register.add_variant(
         "rwkv", family="rwkv", group="attention-free", aliases=["rwkv7", "goose"], defaults=RWKV7_DEFAULTS,
-        capabilities=Capabilities(kv_cache=False, recurrent=True, fast_path="fla/triton", positions=("none",)),
+        capabilities=Capabilities(kv_cache=False, recurrent=True, fast_path="fla/triton", positions=("none",),
+                                  quick_recall=True),
         description="RWKV-7 'Goose': attention-free recurrent mixer with a generalised delta rule (Peng et al. 2025)",
     )
     register.add_suite_method("attention-free", "RWKV", "rwkv", order=3)

@@ -32,8 +32,13 @@ from .train import TrainSettings, train_cell
 # CPU-seconds in all, so about 3.3 minutes with one cell per core.
 QUICK_SETTINGS: tuple[tuple[int, int], ...] = ((64, 4),)
 QUICK_D_MODELS: tuple[int, ...] = (64,)
-QUICK_VARIANTS: tuple[str, ...] = ("gqa", "mamba", "rwkv")
 QUICK_TRAIN = TrainSettings(steps=600, batch_size=64)
+
+
+def quick_variants() -> list[str]:
+    """The variants the plugins flag ``Capabilities(quick_recall=True)``: attention against the fixed-state
+    mixers (built-ins: GQA, Mamba-2, RWKV-7), in the registry's order."""
+    return [spec.name for spec in effzoo.REGISTRY.list_variants(quick_recall=True)]
 
 
 @dataclass
@@ -54,7 +59,7 @@ class RecallSettings:
     @classmethod
     def quick(cls, **changes: Any) -> "RecallSettings":
         """The grid that separates attention from fixed-state mixers in minutes on 2 CPU cores."""
-        base: dict[str, Any] = dict(variants=list(QUICK_VARIANTS), settings=QUICK_SETTINGS, d_models=QUICK_D_MODELS,
+        base: dict[str, Any] = dict(variants=quick_variants(), settings=QUICK_SETTINGS, d_models=QUICK_D_MODELS,
                                     train=QUICK_TRAIN, train_examples=20_000, test_examples=500)
         base.update({k: v for k, v in changes.items() if v is not None})
         return cls(**base)
