@@ -54,7 +54,7 @@ def test_rows_tables_and_plot(tmp_path):
     table = markdown_table([row, failed])
     assert "| tp2 | 4 | 384.0 | 900.0 | 1.000 | 0.400 | 0.0020 | ok |" in table
     assert "failed: effzoo train: error: boom" in table
-    sweep = ParallelSweep(out=tmp_path / "sweep")
+    sweep = ParallelSweep(variant="gqa", out=tmp_path / "sweep")
     sweep.out.mkdir()
     write_tables([row, failed], sweep)
     assert json.loads((sweep.out / "results.json").read_text())[1]["status"] == "failed"

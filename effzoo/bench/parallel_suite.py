@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..registry import REGISTRY
 from ..train.layout import Layout, parse_layout
 
 COLUMNS = ("layout", "batch_size", "status", "lab_tokens_per_s", "tokens_per_s", "mfu", "peak_memory_gb",
@@ -34,7 +35,7 @@ COLUMNS = ("layout", "batch_size", "status", "lab_tokens_per_s", "tokens_per_s",
 class ParallelSweep:
     """What the sweep trains and where it writes."""
 
-    variant: str = "gqa"
+    variant: str
     size: str = "0.5B"
     layouts: list[Layout] = field(default_factory=lambda: [Layout(dp=8)])
     batch_sizes: list[int] = field(default_factory=lambda: [8])
@@ -158,7 +159,7 @@ def sweep_from_args(args: Any) -> ParallelSweep:
     if not args.layouts:
         raise ConfigError("--suite parallel needs --layouts, e.g. --layouts dp8,tp2dp4,tp4dp2,pp2dp4")
     sizes = args.sizes.split(",") if args.sizes else ["0.5B"]
-    variants = args.variants.split(",") if args.variants else ["gqa"]
+    variants = args.variants.split(",") if args.variants else [REGISTRY.baseline()]
     if len(sizes) != 1 or len(variants) != 1:
         raise ConfigError("--suite parallel sweeps one --variants and one --sizes value at a time")
     try:

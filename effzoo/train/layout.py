@@ -84,24 +84,20 @@ def check_layout(layout: Layout, config: ModelConfig, *, backend: str, grad_accu
         raise ConfigError("--fsdp shards only pure data-parallel runs; with --tp/--pp/--cp the remaining "
                           "data-parallel degree is replicated (gradients averaged over the dp mesh dimension)")
     if layout.cp > 1:
-        check_context_parallel(config, backend)
+        check_context_parallel(backend)
     if layout.tp > 1:
         from ..build import build_from_config
 
         tensor_parallel_plans(build_from_config(config, device="meta"), layout.tp)
 
 
-def check_context_parallel(config: ModelConfig, backend: str) -> None:
-    """CP shards the sequence of SDPA attention (torch's context_parallel): it needs CUDA and attention
-    layers that call SDPA; say which is missing."""
+def check_context_parallel(backend: str) -> None:
+    """Refuse CP, saying what is missing: torch's context_parallel needs CUDA, and the decoder does not yet
+    take the sharded positions it would need."""
     if backend not in ("auto", "cuda") or not torch.cuda.is_available():
         where = f"the {backend} backend" if backend not in ("auto", "cuda") else "this machine (no CUDA device)"
         raise ConfigError(f"--cp needs CUDA: torch.distributed.tensor.experimental.context_parallel shards "
                           f"scaled_dot_product_attention on CUDA only, and {where} has none; train with --cp 1")
-    mixers = {kind for kind in config.layer_kinds if kind != "transformer"}
-    if mixers or config.attention not in ("gqa", "mha", "mqa", "grouped"):
-        raise ConfigError(f"--cp needs SDPA attention in every layer (the gqa attention); {config.variant!r} has "
-                          f"{', '.join(sorted(mixers)) or config.attention}, which context_parallel cannot shard")
     raise ConfigError("--cp is not available yet on CUDA either: context_parallel shards the token ids along the "
                       "sequence, and the decoder would need the matching shard of the positions (for RoPE) from the "
                       "trainer, which it does not take yet; train with --cp 1")
