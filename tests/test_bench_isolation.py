@@ -9,8 +9,9 @@ from effzoo.bench.suites import Entry
 from effzoo.bench.worker import thread_env
 from effzoo.cli.machine import available_cpus
 
-# about 15M parameters: with gradients and AdamW state some 250 MB more than the tiny model
-LARGE = {"d_model": 512, "n_layers": 4, "n_heads": 8, "n_kv_heads": 2, "ffn_hidden": 2048}
+# about 60M parameters: with gradients and AdamW state some 1 GB more than the tiny model, far above the
+# few hundred MB by which a process's peak RSS varies between runs (imports, allocator, decode buffers)
+LARGE = {"d_model": 1024, "n_layers": 4, "n_heads": 16, "n_kv_heads": 4, "ffn_hidden": 4096}
 
 
 def _suite(tmp_path, monkeypatch, name, entries):
@@ -28,9 +29,10 @@ def test_the_second_variant_does_not_carry_the_first_ones_memory(tmp_path, monke
     small = Entry("attention", "Small", "gqa", "tiny")
     first, second = _suite(tmp_path, monkeypatch, "both", [large, small])
     (alone,) = _suite(tmp_path, monkeypatch, "alone", [small])
-    assert first["peak_memory_gb"] > alone["peak_memory_gb"] + 0.15  # the large model needs clearly more
+    assert first["amu_gb"] > alone["amu_gb"] + 0.5  # the large model needs clearly more
+    assert first["peak_memory_gb"] > alone["peak_memory_gb"] + 0.5
     # in one shared process the peak RSS never drops and the average would keep the large model's pages
-    assert second["peak_memory_gb"] < first["peak_memory_gb"] - 0.1
+    assert second["peak_memory_gb"] < first["peak_memory_gb"] - 0.4
     assert second["amu_gb"] == pytest.approx(alone["amu_gb"], abs=0.06)
     assert second["peak_memory_gb"] == pytest.approx(alone["peak_memory_gb"], abs=0.06)
 
