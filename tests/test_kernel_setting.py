@@ -51,3 +51,15 @@ def test_another_components_kernel_means_auto() -> None:
     torch.testing.assert_close(fast(ids).logits, oracle(ids).logits, rtol=1e-4, atol=1e-4)
     mamba = effzoo.build("mamba", "tiny", kernel="triton")
     assert mamba.attention_backend == "auto" and mamba.blocks[0].mixer.backend == "triton"
+
+
+def test_train_cli_kernel_flag_sets_the_model_kernel() -> None:
+    import argparse
+
+    from effzoo.cli import train as train_cli
+
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    config = train_cli.config_from_args(parser.parse_args(["mamba", "--kernel", "reference", "--set", "d_state=16"]))
+    assert config.model == {"d_state": 16, "kernel": "reference"}
+    assert train_cli.config_from_args(parser.parse_args(["mamba"])).model == {}

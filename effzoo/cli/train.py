@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"),
                         help="autocast dtype; weights stay fp32 (default auto: bf16 on GPU/NPU, fp32 on CPU)")
     parser.add_argument("--backend", choices=("auto", "cuda", "npu", "cpu"), help="device backend (default auto)")
+    parser.add_argument("--kernel", help="the model's kernel setting: auto (fastest path), reference (pure PyTorch) "
+                                         "or a value the variant's components declare (default auto)")
     compile_ = parser.add_mutually_exclusive_group()
     compile_.add_argument("--compile", action="store_true", default=None,
                           help="torch.compile each block (the default on CUDA; eager elsewhere)")
@@ -66,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_set_argument(parser)
 
 
-_SKIP = {"config", "set"}  # flags that are not TrainConfig keys (every other destination is one)
+_SKIP = {"config", "set", "kernel"}  # flags that are not TrainConfig keys (every other destination is one)
 
 
 def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -76,6 +78,8 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     flags = {k: v for k, v in vars(args).items() if k not in _SKIP and v is not None}
     model = parse_overrides(args.set)
+    if args.kernel is not None:
+        model["kernel"] = args.kernel
     if model:
         flags["model"] = model
     if args.config:
