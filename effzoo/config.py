@@ -209,7 +209,8 @@ class ModelConfig:
 
 
 RENAMED_KERNEL_SETTINGS: dict[str, dict[str, str]] = {
-    "attn_backend": {}, "ssm_backend": {}, "rwkv_kernel": {"sequential": "reference"}, "moe_backend": {"loop": "reference"},
+    "attn_backend": {}, "ssm_backend": {},
+    "rwkv_kernel": {"sequential": "reference"}, "moe_backend": {"loop": "reference"},
 }
 """Former per-plugin kernel settings, now the one core ``kernel``; value renames (old -> new)."""
 

@@ -82,7 +82,8 @@ class DecoderStage(nn.Module):
         length = x.shape[1]
         positions = torch.arange(length, device=x.device)
         hidden = self.position.embed(self.embed(x), positions) if self.first else x
-        ctx = MixContext(positions=positions, position=self.position, backend=self.backend or attention_backend(self.config.kernel),
+        backend = self.backend or attention_backend(self.config.kernel)
+        ctx = MixContext(positions=positions, position=self.position, backend=backend,
                          tables=self.position.prepare(positions))
         for block in self.blocks.values():
             if self.gradient_checkpointing and self.training:
