@@ -220,7 +220,7 @@ def test_cpu_backend_and_overrides(monkeypatch):
     assert isinstance(adapter, CpuBackend) and adapter.dist_backend == "gloo"
     assert adapter.resolve_dtype("auto") == torch.float32 and adapter.memory_in_use() > 0
     flops, source = adapter.peak_flops(torch.float32)
-    assert flops > 0 and source == "measured matmul"
+    assert flops > 0 and source.startswith("best of") and source.endswith("thread" if torch.get_num_threads() == 1 else "threads")
     assert CpuBackend(peak_tflops=2.0).peak_flops(torch.float32) == (2e12, "override")
     with adapter.autocast(torch.bfloat16):
         assert (torch.randn(4, 4) @ torch.randn(4, 4)).dtype == torch.bfloat16

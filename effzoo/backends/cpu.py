@@ -22,18 +22,14 @@ def _rss_bytes() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-@functools.lru_cache(maxsize=4)
-def measured_matmul_flops(dtype: torch.dtype = torch.float32, size: int = 512, repeats: int = 4) -> float:
-    """FLOP/s of a square matmul on this CPU: the peak MFU is measured against on CPU."""
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / max(best, 1e-9)
+@functools.lru_cache(maxsize=8)
+def measured_matmul_flops(dtype: torch.dtype, threads: int) -> tuple[float, str]:
+    """The CPU peak MFU is measured against: the best of many square matmuls on ``threads`` threads
+    (the same measurement ``effzoo bench`` records), once per process."""
+    from ..bench.speed import matmul_peak_flops
+
+    flops, how = matmul_peak_flops(torch.device("cpu"), dtype)
+    return flops, f"{how}, {threads} thread{'s' * (threads != 1)}"
 
 
 class RaplPowerMeter(PowerMeter):
@@ -94,4 +90,4 @@ class CpuBackend(BackendAdapter):
         return RaplPowerMeter()
 
     def _table_peak(self, dtype: torch.dtype) -> tuple[float | None, str]:
-        return measured_matmul_flops(dtype if dtype != torch.float16 else torch.float32), "measured matmul"
+        return measured_matmul_flops(dtype if dtype != torch.float16 else torch.float32, torch.get_num_threads())
