@@ -15,11 +15,11 @@ from typing import Any
 from effzoo.cli.machine import available_cpus, plan_threads
 
 CPU_TORCH = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
-# The quick suite's stated time (README, docs/results/quick-cpu): 2 min 11 s on 2 cores of an AMD EPYC,
-# torch 2.13.0 CPU. The reference probe speed stands for those 2 idle cores: twice the best
-# single-thread speed of the probe below on that machine type (94 GFLOP/s, measured 2026-12-02).
-QUICK_SUITE_SECONDS = 131.0
-REFERENCE_PROBE_GFLOPS = 188.0
+# The quick suite's stated time (README): 6 min 49 s for `effzoo bench --suite all --quick` (four groups
+# 3 min 40 s, then the recall grid) on 2 idle cores of an AMD EPYC VM, torch 2.13.0 CPU, measured 2026-12-02,
+# where the probe below gave a median of 93 GFLOP/s on the one thread the effzoo command chose.
+QUICK_SUITE_SECONDS = 409.0
+REFERENCE_PROBE_GFLOPS = 93.0
 PROBE_SIZE = 512
 
 
