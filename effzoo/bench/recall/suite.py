@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import multiprocessing
-import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -102,8 +101,9 @@ def _job(cell: RecallCell, settings: RecallSettings) -> dict[str, Any]:
 
 
 def _workers(settings: RecallSettings, pending: int) -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(pending, settings.workers or cpus))
+    from effzoo.cli.machine import available_cpus
+
+    return max(1, min(pending, settings.workers or available_cpus()))
 
 
 def run_recall(settings: RecallSettings) -> list[dict[str, Any]]:
