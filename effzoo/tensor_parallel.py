@@ -7,6 +7,13 @@ projection (q|k|v, gate|up): each segment is split on its own, so every rank hol
 (its own q, k and v heads) instead of a contiguous slab that would mix q and k heads.
 :class:`ExpertParallel` shards MoE experts over the group; :func:`expert_parallel` dispatches tokens to
 them with all-to-alls (``torch.distributed`` functional collectives).
+
+A component's forward reads what a plan sharded with :func:`local`, and meets the group where its own
+code (not a linear layer) crosses it: :func:`column_matmul` (``x @ w`` with ``w``'s columns split),
+:func:`sum_gradients` (a whole tensor used only with this rank's shard: its gradient is summed),
+:func:`gather_columns` (this rank's columns -> all of them, for key/value heads fewer than the ranks).
+:class:`ShardedRows` / :class:`ShardedColumns` split a component's own parameters; :class:`SummedGradients`
+keeps a module's parameters whole and sums their gradients over the group.
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor, Shard
+from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel
 
 from .errors import ConfigError
@@ -36,12 +43,14 @@ def rowwise() -> RowwiseParallel:
     return RowwiseParallel()
 
 
-def check_divides(component: str, tp_size: int, **counts: int) -> None:
-    """ConfigError naming ``component`` unless ``tp_size`` divides every count (heads, channels, ...)."""
+def check_divides(component: str, tp_size: int, settable: tuple[str, ...] = (), **counts: int) -> None:
+    """ConfigError naming ``component`` unless ``tp_size`` divides every count (heads, channels, ...).
+    For a count named in ``settable`` (a config key) the message also says which ``--set`` would do."""
     for name, count in counts.items():
         if count % tp_size:
+            advice = f", or --set {name}={-(-count // tp_size) * tp_size}" if name in settable else ""
             raise ConfigError(f"--tp {tp_size} does not divide {component}'s {name}={count}; "
-                              f"choose a tensor-parallel degree that divides it")
+                              f"choose a tensor-parallel degree that divides it{advice}")
 
 
 def fused_row_order(segments: tuple[int, ...], tp_size: int) -> torch.Tensor:
@@ -211,3 +220,59 @@ class ShardedRows(ParallelStyle):
             setattr(sharded, ROW_ORDER, order)
             module.register_parameter(name, sharded)
         return module
+
+
+class ShardedColumns(ParallelStyle):
+    """Shard a module's own 2-d parameters by columns (``Shard(1)``): ``ShardedColumns(("decay_up",))``
+    for a low-rank ``x @ down @ up`` whose ``up`` produces this rank's channels. The forward multiplies
+    with :func:`column_matmul`. Name it under the key ``""``, alone or in a tuple with :class:`ShardedRows`."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.names = tuple(names)
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        tp_size, rank = device_mesh.size(), device_mesh.get_local_rank()
+        for name in self.names:
+            param = getattr(module, name)
+            width = param.shape[1] // tp_size
+            local_columns = param.detach()[:, rank * width:(rank + 1) * width].contiguous()
+            module.register_parameter(name, nn.Parameter(
+                DTensor.from_local(local_columns, device_mesh, [Shard(1)], run_check=False),
+                requires_grad=param.requires_grad))
+        return module
+
+
+class SummedGradients(ParallelStyle):
+    """Keep a module's parameters whole on every rank and sum their gradients over the group: for a
+    module applied to this rank's shard of the activations only (NSA's block compressor, shared by the
+    key/value heads the ranks split), whose gradient is then each rank's part of the whole."""
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        group = device_mesh.get_group()
+        for param in module.parameters():
+            if param.requires_grad:
+                param.register_hook(lambda grad: funcol.all_reduce(grad, "sum", group).wait())
+        return module
+
+
+def column_matmul(x: Tensor, weight: Tensor) -> Tensor:
+    """``x @ weight``; with ``weight`` split by :class:`ShardedColumns`, ``x`` (whole on every rank) times
+    this rank's columns, and ``x``'s gradient summed over the group (as ``ColwiseParallel`` does)."""
+    if not isinstance(weight, DTensor):
+        return x @ weight
+    whole = DTensor.from_local(x, weight.device_mesh, [Replicate()], run_check=False)
+    return (whole @ weight).to_local()
+
+
+def sum_gradients(x: Tensor, mesh: DeviceMesh) -> Tensor:
+    """``x`` unchanged (it is the same on every rank); its gradient is summed over ``mesh``: for a
+    tensor each rank uses with its own shard only (Mamba-1's B and C read by this rank's channels)."""
+    return DTensor.from_local(x, mesh, [Replicate()], run_check=False).to_local(grad_placements=[Partial()])
+
+
+def gather_columns(x: Tensor, mesh: DeviceMesh) -> Tensor:
+    """Every rank's columns (last dim) of ``x`` concatenated in rank order; each rank's gradient is summed
+    back to the rank that computed the columns (an all-gather, reduce-scattered in backward)."""
+    sharded = DTensor.from_local(x, mesh, [Shard(x.dim() - 1)], run_check=False)
+    return sharded.redistribute(mesh, [Replicate()]).to_local(grad_placements=[Partial()])

@@ -20,13 +20,17 @@ class GroupedQueryAttention(Attention):
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.qkv_proj = nn.Linear(cfg.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim, bias=cfg.qkv_bias)
         self.out_proj = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=cfg.out_bias)
+        self.tp_shared_kv = False  # True under a tensor-parallel plan with fewer key/value heads than ranks
 
     def forward(self, x: Tensor, ctx: MixContext, cache: KVCache | None = None) -> tuple[Tensor, KVCache | None]:
         batch, length, _ = x.shape
         qkv = self.qkv_proj(x)
         shards = (self.n_heads + 2 * self.n_kv_heads) * self.head_dim // qkv.shape[-1]  # > 1 under tensor parallel
         n_heads, n_kv_heads = self.n_heads // shards, self.n_kv_heads // shards
-        q, k, v = qkv.split([n_heads * self.head_dim, n_kv_heads * self.head_dim, n_kv_heads * self.head_dim], dim=-1)
+        kv_width = self.n_kv_heads * self.head_dim // shards
+        q, k, v = qkv.split([n_heads * self.head_dim, kv_width, kv_width], dim=-1)
+        if self.tp_shared_kv:
+            (k, v), n_kv_heads = self._shared_key_values(k, v), 1
         q = q.view(batch, length, n_heads, self.head_dim).transpose(1, 2)
         k = k.view(batch, length, n_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(batch, length, n_kv_heads, self.head_dim).transpose(1, 2)
@@ -41,11 +45,33 @@ class GroupedQueryAttention(Attention):
     def supports_static_decode(self) -> bool:
         return True
 
+    def supports_context_parallel(self) -> bool:
+        """Training mixes tokens only by causal SDPA on keys/queries rotated at ``ctx.positions``."""
+        return True
+
+    def _shared_key_values(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Fewer key/value heads than ranks: every rank computed 1/tp of the k and v columns; gather them
+        all and keep the one head this rank's query heads use (its gradient is summed back to the ranks
+        that computed it, so every query head sharing it contributes)."""
+        tp = plugin.tensor_parallel
+        mesh = self.qkv_proj.weight.device_mesh
+        gathered = tp.gather_columns(torch.stack((k, v)), mesh)  # (2, B, T, n_kv_heads * head_dim)
+        head = mesh.get_local_rank() * self.n_kv_heads // mesh.size()
+        k, v = gathered[..., head * self.head_dim:(head + 1) * self.head_dim]
+        return k, v
+
     def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
         """Head split: each rank computes its own query heads and their key/value heads (the fused q|k|v
-        projection split per segment), and the output projection reduces over the ranks."""
+        projection split per segment), and the output projection reduces over the ranks. With fewer
+        key/value heads than ranks (MQA; ``n_kv_heads`` dividing ``tp``) the k and v columns are split
+        too and all-gathered in the forward, each rank keeping the head its query heads share."""
         tp = plugin.tensor_parallel
-        tp.check_divides("gqa attention", tp_size, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads)
+        tp.check_divides("gqa attention", tp_size, n_heads=self.n_heads)
+        self.tp_shared_kv = self.n_kv_heads < tp_size and tp_size % self.n_kv_heads == 0
+        if self.tp_shared_kv:
+            tp.check_divides("gqa attention", tp_size, key_value_width=self.n_kv_heads * self.head_dim)
+        else:
+            tp.check_divides("gqa attention", tp_size, n_kv_heads=self.n_kv_heads)
         segments = (self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim)
         return {"qkv_proj": tp.FusedColwiseParallel(segments), "out_proj": tp.rowwise()}
 

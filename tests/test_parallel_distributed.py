@@ -1,7 +1,8 @@
-"""Model-parallel layouts on CPU (gloo, torchrun): TP=2 (gqa, mla, mamba; moe as expert parallel with
-all-to-all dispatch), PP=2 (1F1B and GPipe; gqa, mla, moe, mamba) and TP=2 x DP=2 (the four) match the
-single-process losses of the same seed and global batch for 5 steps, and a checkpoint written under TP=2
-resumes under DP=2 with the same following losses.
+"""Model-parallel layouts on CPU (gloo, torchrun): TP=2 (gqa, mla, mamba, mamba1, nsa, rwkv; mqa with its one
+key/value head gathered on both ranks; moe as expert parallel with all-to-all dispatch), PP=2 (1F1B and GPipe;
+gqa, mla, moe, mamba) and TP=2 x DP=2 (gqa, mla, moe, mamba) match the single-process losses of the same seed
+and global batch for 5 steps, and a checkpoint written under TP=2 resumes under DP=2 with the same following
+losses.
 
 Tolerance: rel/abs 2e-5, as for DDP. Every layout computes the same fp32 math; only the order of
 floating-point sums changes (partial products all-reduced by row-parallel layers, gradients reduced over
@@ -25,6 +26,12 @@ VARIANTS = {
             "qk_rope_head_dim": 16, "v_head_dim": 16},
     "moe": {"d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "moe_ffn_hidden": 64, "n_experts": 4},
     "mamba": {"d_model": 64, "n_layers": 2, "d_state": 16, "ssm_head_dim": 16, "chunk_size": 16, "n_groups": 2},
+    "mamba1": {"d_model": 64, "n_layers": 2, "d_state": 16, "chunk_size": 16},
+    "mqa": {"d_model": 64, "n_layers": 2, "n_heads": 4, "ffn_hidden": 128},  # one key/value head for 2 ranks
+    "nsa": {"d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 128, "nsa_compress_block": 8,
+            "nsa_compress_stride": 4, "nsa_select_block": 8, "nsa_selected_blocks": 3, "nsa_initial_blocks": 1,
+            "nsa_local_blocks": 1, "nsa_window": 8},  # every branch sees part of the 32 tokens
+    "rwkv": {"d_model": 64, "n_layers": 2, "ffn_hidden": 128, "rwkv_head_size": 16},
 }
 _REFERENCES: dict[tuple[str, int], object] = {}
 
@@ -72,7 +79,8 @@ def val_losses(out) -> list[float]:
 
 LAYOUTS = [
     ("gqa", ["--tp", "2"], 1), ("mla", ["--tp", "2"], 1), ("moe", ["--tp", "2"], 1),  # moe: expert parallel
-    ("mamba", ["--tp", "2"], 1),
+    ("mamba", ["--tp", "2"], 1), ("mamba1", ["--tp", "2"], 1), ("mqa", ["--tp", "2"], 1), ("nsa", ["--tp", "2"], 1),
+    ("rwkv", ["--tp", "2"], 1),
     ("gqa", ["--pp", "2", "--grad-accum", "2"], 2), ("mla", ["--pp", "2", "--grad-accum", "2", "--pp-schedule", "gpipe"], 2),
     ("moe", ["--pp", "2", "--grad-accum", "2"], 2), ("mamba", ["--pp", "2", "--grad-accum", "2", "--pp-schedule", "gpipe"], 2),
 ]

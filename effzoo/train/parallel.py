@@ -100,8 +100,8 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: Any, tp_size: int) -> None:
     from torch.distributed.tensor.parallel import parallelize_module
 
     for _, component, plan in tensor_parallel_plans(model, tp_size):
-        own, children = plan.get(""), {name: style for name, style in plan.items() if name}
-        if own is not None:  # the key "": a style for the component's own parameters
-            parallelize_module(component, tp_mesh, own)
+        own, children = plan.get("", ()), {name: style for name, style in plan.items() if name}
+        for style in own if isinstance(own, tuple) else (own,):  # the key "": the component's own parameters
+            parallelize_module(component, tp_mesh, style)
         if children:
             parallelize_module(component, tp_mesh, children)

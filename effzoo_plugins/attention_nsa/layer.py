@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from effzoo import plugin
 from effzoo.plugin import EXTRA_BACKENDS, Attention, Component, ConfigError, MixContext, ModelConfig, position_kind
 
 from .cache import NSACache
@@ -41,6 +43,11 @@ class BlockCompressor(Component):
     def init_weights(self) -> None:
         nn.init.normal_(self.position, 0.0, self.init_std)
 
+    def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
+        """Whole on every rank; under the attention's head split it sees only this rank's key/value
+        groups, so its gradients are summed over the ranks."""
+        return {"": plugin.tensor_parallel.SummedGradients()}
+
 
 class NativeSparseAttention(Attention):
     """NSA (Yuan et al. 2025, arXiv 2502.11089): gated sum of compressed, selected and sliding-window attention."""
@@ -64,9 +71,12 @@ class NativeSparseAttention(Attention):
     def _project(self, x: Tensor, ctx: MixContext) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         """Queries (B, G, r, T, D) and per-branch keys/values (B, G, T, D), rotated at their positions."""
         batch, length, _ = x.shape
-        groups, ratio = self.n_kv_heads, self.n_heads // self.n_kv_heads
-        q, kv = self.qkv_proj(x).split([self.n_heads * self.head_dim, 2 * self.kv_sets * groups * self.head_dim], -1)
-        q = ctx.rotate_queries(q.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2))
+        qkv = self.qkv_proj(x)
+        shards = self.qkv_proj.out_features // qkv.shape[-1]  # > 1 under tensor parallel (this rank's heads)
+        n_heads, groups = self.n_heads // shards, self.n_kv_heads // shards
+        ratio = n_heads // groups
+        q, kv = qkv.split([n_heads * self.head_dim, 2 * self.kv_sets * groups * self.head_dim], -1)
+        q = ctx.rotate_queries(q.view(batch, length, n_heads, self.head_dim).transpose(1, 2))
         kv = kv.view(batch, length, 2 * self.kv_sets, groups, self.head_dim).permute(2, 0, 3, 1, 4)
         keys = [ctx.rotate_keys(kv[i]) for i in range(self.kv_sets)]
         values = [kv[self.kv_sets + i] for i in range(self.kv_sets)]
@@ -115,11 +125,23 @@ class NativeSparseAttention(Attention):
     def forward(self, x: Tensor, ctx: MixContext, cache: NSACache | None = None) -> tuple[Tensor, NSACache | None]:
         batch, length, _ = x.shape
         out = self.branches(x, ctx, cache)
-        gates = torch.sigmoid(self.gate_proj(x)).view(batch, length, BRANCHES, self.n_kv_heads, -1)
+        groups = out.window.shape[1]  # this rank's key/value groups under tensor parallel
+        gates = torch.sigmoid(self.gate_proj(x)).view(batch, length, BRANCHES, groups, -1)
         gates = gates.permute(2, 0, 3, 4, 1).unsqueeze(-1)  # (3, B, G, r, T, 1)
         mixed = gates[0] * out.compressed + gates[1] * out.selected + gates[2] * out.window
         mixed = mixed.flatten(1, 2).transpose(1, 2).reshape(batch, length, -1)
         return self.out_proj(mixed), cache
+
+    def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
+        """Head split by key/value group: each rank projects its groups' query heads and their keys and
+        values of every branch (the fused projection split per segment) and its heads' three gates, runs
+        the three branches for them (selection is per group), and the output projection reduces. The
+        block compressors are shared by the groups: whole on every rank, gradients summed."""
+        tp = plugin.tensor_parallel
+        tp.check_divides("nsa attention", tp_size, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads)
+        kv = (self.n_kv_heads * self.head_dim,) * (2 * self.kv_sets)
+        return {"qkv_proj": tp.FusedColwiseParallel((self.n_heads * self.head_dim, *kv)),
+                "gate_proj": tp.FusedColwiseParallel((self.n_heads,) * BRANCHES), "out_proj": tp.rowwise()}
 
     def init_cache(self, batch: int, max_len: int, device: torch.device, dtype: torch.dtype) -> NSACache:
         return NSACache(batch, self.n_kv_heads, max_len, self.head_dim, self.settings, device, dtype)

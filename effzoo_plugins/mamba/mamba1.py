@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from effzoo import plugin
 from effzoo.plugin import Component, MixContext, ModelConfig
 
 from .kernels import (
@@ -52,6 +54,7 @@ class Mamba1Mixer(Component):
         self.A_log = nn.Parameter(torch.empty(self.d_inner, self.d_state))
         self.D = nn.Parameter(torch.empty(self.d_inner))
         self.out_proj = nn.Linear(self.d_inner, cfg.d_model, bias=False)
+        self.tp_split = False  # True once a tensor-parallel plan shards the mixer's own parameters
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -72,12 +75,13 @@ class Mamba1Mixer(Component):
                 state: MambaState | None = None) -> tuple[Tensor, MambaState | None]:
         backend = self.resolved_backend(x.device, ctx)
         xs, z = self.in_proj(x).chunk(2, dim=-1)
+        conv_weight, conv_bias, A_log, D = self._own_parameters()
         fused_conv = backend == "mamba_ssm" and causal_conv1d_missing() is None
-        xs, conv_state = causal_conv(xs, self.conv_weight, self.conv_bias,
+        xs, conv_state = causal_conv(xs, conv_weight, conv_bias,
                                      state.conv if state is not None else None, fused=fused_conv)
-        dt, B, C = self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt, B, C = self._dt_b_c(xs)
         dt = F.softplus(self.dt_proj(dt).float())
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(A_log.float())
         if state is not None and x.shape[1] == 1:
             y, ssm = selective_scan_step(xs[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], state.ssm)
             y = y[:, None]
@@ -86,11 +90,37 @@ class Mamba1Mixer(Component):
         else:
             initial = state.ssm if state is not None else None
             y, ssm = selective_scan_parallel(xs, dt, A, B, C, initial, chunk_size=self.scan_chunk)
-        y = (y + xs * self.D.to(xs.dtype)) * F.silu(z)
+        y = (y + xs * D.to(xs.dtype)) * F.silu(z)
         out = self.out_proj(y)
         if state is not None:
             state = MambaState(conv=conv_state, ssm=ssm, tokens=state.tokens + x.shape[1])
         return out, state
+
+    def _own_parameters(self) -> tuple[Tensor, ...]:
+        """conv weight and bias, A_log, D: this rank's channels under tensor parallel."""
+        params = (self.conv_weight, self.conv_bias, self.A_log, self.D)
+        return tuple(plugin.tensor_parallel.local(p) for p in params) if self.tp_split else params
+
+    def _dt_b_c(self, xs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The low-rank dt input and B, C from the (conv'd) channels. Under tensor parallel x_proj sums
+        every rank's channels; B and C then serve only this rank's channels, so their gradients are summed."""
+        if not self.tp_split:
+            return self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt, bc = self.x_proj(xs).split([self.dt_rank, 2 * self.d_state], dim=-1)
+        B, C = plugin.tensor_parallel.sum_gradients(bc, self.x_proj.weight.device_mesh).chunk(2, dim=-1)
+        return dt, B, C
+
+    def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
+        """Channel split of d_inner: the fused x|z projection per segment, conv, A_log and D by channel,
+        x_proj row-split (dt, B and C all-reduced, whole on every rank), dt_proj column-split, the output
+        projection reduces."""
+        tp = plugin.tensor_parallel
+        tp.check_divides("mamba1 mixer", tp_size, d_inner=self.d_inner)
+        self.tp_split = True
+        channels = (self.d_inner,)
+        own = tp.ShardedRows({"conv_weight": channels, "conv_bias": channels, "A_log": channels, "D": channels})
+        return {"": own, "in_proj": tp.FusedColwiseParallel((self.d_inner, self.d_inner)), "x_proj": tp.rowwise(),
+                "dt_proj": tp.colwise(), "out_proj": tp.rowwise()}
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> MambaState:
         """Zero conv window (d_inner channels) and SSM state (d_inner, d_state)."""

@@ -114,7 +114,7 @@ class Mamba2Mixer(Component):
         """Head split (whole groups per rank): the fused z|x|B|C|dt projection split per segment, the conv
         channels and per-head parameters alike, the output projection reduces."""
         tp = plugin.tensor_parallel
-        tp.check_divides("mamba2 mixer", tp_size, n_groups=self.n_groups, n_heads=self.n_heads)
+        tp.check_divides("mamba2 mixer", tp_size, ("n_groups",), n_groups=self.n_groups, n_heads=self.n_heads)
         bc = self.n_groups * self.d_state
         self.tp_split = True
         per_head = (self.n_heads,)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from effzoo import plugin
 from effzoo.plugin import Component, ConfigError, MixContext, MixerBlock, ModelConfig, make_norm
 
 from .kernels import LOG_DECAY_BOUND, configured_kernel, wkv7
@@ -36,6 +37,8 @@ V_FIRST_KEY = "rwkv7_v_first"
 BRANCHES = ("r", "w", "k", "v", "a", "g")
 SHIFT_EXPONENTS = (0.2, 0.9, 0.7, 0.7, 0.9, 0.2)  # initial token-shift ramps, one per branch
 GROUP_NORM_EPS = 64e-5
+PER_CHANNEL = ("decay_base", "iclr_base", "value_base", "removal_scale", "iclr_key_scale", "out_norm_weight",
+               "out_norm_bias")  # time-mix parameters with one value per channel (split by head under TP)
 
 
 def token_shift(x: Tensor, last: Tensor | None) -> Tensor:
@@ -93,6 +96,7 @@ class TimeMix(Component):
         self.bonus = nn.Parameter(torch.empty(self.heads, self.head_size))  # r_k
         self.out_norm_weight = nn.Parameter(torch.empty(d))
         self.out_norm_bias = nn.Parameter(torch.empty(d))
+        self.tp_split = False  # True once a tensor-parallel plan shards the heads
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -127,13 +131,16 @@ class TimeMix(Component):
         self, x: Tensor, ctx: MixContext, last: Tensor | None, wkv_state: Tensor | None
     ) -> tuple[Tensor, Tensor]:
         """Mix ``x`` (B, T, d); returns the output and the final wkv state (B, H, K, K)."""
-        batch, length, d = x.shape
-        heads, size = self.heads, self.head_size
+        batch, length, _ = x.shape
         delta = token_shift(x, last) - x
         xr, xw, xk, xv, xa, xg = torch.addcmul(x.unsqueeze(0), delta.unsqueeze(0), self.shift_mix[:, None, None])
         r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
-        log_w = LOG_DECAY_BOUND * torch.sigmoid(self.decay_base + torch.tanh(xw @ self.decay_down) @ self.decay_up)
-        iclr = torch.sigmoid(self.iclr_base + (xa @ self.iclr_down) @ self.iclr_up)
+        d = r.shape[-1]  # this rank's heads' channels under tensor parallel
+        heads, size = d // self.head_size, self.head_size
+        own, up = self._own, self._up
+        decay = own(self.decay_base) + up(torch.tanh(xw @ self.decay_down), self.decay_up)
+        log_w = LOG_DECAY_BOUND * torch.sigmoid(decay)
+        iclr = torch.sigmoid(own(self.iclr_base) + up(xa @ self.iclr_down, self.iclr_up))
         if self.first:
             ctx.carry[V_FIRST_KEY] = v
         elif self.value_residual:
@@ -142,20 +149,42 @@ class TimeMix(Component):
                 raise RuntimeError(
                     f"RWKV-7 layer {self.layer} uses the value residual but no earlier RWKV-7 layer ran in this pass"
                 )
-            v = v + (v_first - v) * torch.sigmoid(self.value_base + (xv @ self.value_down) @ self.value_up)
-        gate = torch.sigmoid(xg @ self.gate_down) @ self.gate_up
-        removal = F.normalize((k * self.removal_scale).view(batch, length, heads, size), dim=-1)
-        k = k * (1.0 + (iclr - 1.0) * self.iclr_key_scale)
+            v = v + (v_first - v) * torch.sigmoid(own(self.value_base) + up(xv @ self.value_down, self.value_up))
+        gate = up(torch.sigmoid(xg @ self.gate_down), self.gate_up)
+        removal = F.normalize((k * own(self.removal_scale)).view(batch, length, heads, size), dim=-1)
+        k = k * (1.0 + (iclr - 1.0) * own(self.iclr_key_scale))
         shape = (batch, length, heads, size)
         r4, k4, v4, iclr4 = r.view(shape), k.view(shape), v.view(shape), iclr.view(shape)
         out, wkv_state = wkv7(
             r4, log_w.view(shape), k4, v4, -removal, removal * iclr4, wkv_state,
             kernel=self.kernel, chunk_size=self.chunk_size,
         )
-        out = F.group_norm(out.reshape(batch * length, d), heads, self.out_norm_weight, self.out_norm_bias,
-                           GROUP_NORM_EPS).view(batch, length, d)
-        bonus = ((r4 * k4 * self.bonus).sum(-1, keepdim=True) * v4).view(batch, length, d)
+        out = F.group_norm(out.reshape(batch * length, d), heads, own(self.out_norm_weight),
+                           own(self.out_norm_bias), GROUP_NORM_EPS).view(batch, length, d)
+        bonus = ((r4 * k4 * own(self.bonus)).sum(-1, keepdim=True) * v4).view(batch, length, d)
         return self.out_proj((out + bonus) * gate), wkv_state
+
+    def _own(self, param: Tensor) -> Tensor:
+        """A per-channel or per-head parameter: this rank's heads under tensor parallel."""
+        return plugin.tensor_parallel.local(param) if self.tp_split else param
+
+    def _up(self, low: Tensor, up: Tensor) -> Tensor:
+        """The second matrix of a low-rank projection, ``low @ up``: this rank's channels under tensor parallel."""
+        return plugin.tensor_parallel.column_matmul(low, up) if self.tp_split else low @ up
+
+    def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
+        """Head split: r, k, v column-split by head, every per-channel and per-head parameter sharded
+        alike (so GroupNorm and the bonus are per head), each low-rank projection's second matrix
+        column-split while its first stays whole, the output projection reduces. The first layer's
+        values (the value residual) are then this rank's heads, as the later layers need them."""
+        tp = plugin.tensor_parallel
+        tp.check_divides("rwkv7 time-mix", tp_size, heads=self.heads)
+        self.tp_split = True
+        rows = {name: (self.shift_mix.shape[1],) for name in PER_CHANNEL if hasattr(self, name)}
+        ups = ("decay_up", "iclr_up", "gate_up") + (("value_up",) if self.value_residual else ())
+        own = (tp.ShardedRows({**rows, "bonus": (self.heads,)}), tp.ShardedColumns(ups))
+        return {"": own, "receptance": tp.colwise(), "key": tp.colwise(), "value": tp.colwise(),
+                "out_proj": tp.rowwise()}
 
 
 class ChannelMix(Component):
@@ -180,6 +209,12 @@ class ChannelMix(Component):
         shifted = x + (token_shift(x, last) - x) * self.shift_mix
         return self.down_proj(torch.relu(self.up_proj(shifted)).square())
 
+    def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
+        """Hidden-channel split: up column-split, down reduces; the token-shift mix stays whole."""
+        tp = plugin.tensor_parallel
+        tp.check_divides("rwkv7 channel-mix", tp_size, ffn_hidden=self.up_proj.out_features)
+        return {"up_proj": tp.colwise(), "down_proj": tp.rowwise()}
+
 
 class RWKV7Block(MixerBlock):
     """LayerNorm → time-mix → residual → LayerNorm → channel-mix → residual (+ a LayerNorm at layer 0)."""
@@ -201,6 +236,10 @@ class RWKV7Block(MixerBlock):
     @property
     def head_size(self) -> int:
         return self.time_mix.head_size
+
+    def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
+        """The residual stream is whole on every rank; the time-mix and channel-mix declare their splits."""
+        return {}
 
     def forward(self, x: Tensor, ctx: MixContext, state: RWKV7State | None = None) -> tuple[Tensor, Any | None]:
         if self.input_norm is not None:
