@@ -58,6 +58,15 @@ class Component(nn.Module):
         does not divide what the plan splits (heads, channels, experts)."""
         return None
 
+    def supports_context_parallel(self) -> bool:
+        """True when this module's own computation stays right on a context-parallel shard (``--cp``):
+        each rank holds chunks of every sequence (in the order of torch's load balancer) and their
+        positions in ``MixContext.positions``. Either it works per token, or it mixes tokens only by
+        ``attend(..., causal=True)`` on queries and keys rotated at ``ctx.positions`` with no mask or
+        bias, which torch's context_parallel turns into ring attention. Child components answer for
+        themselves. Default False: a module that may mix tokens otherwise refuses ``--cp``."""
+        return False
+
 
 class PositionalEncoding(Component):
     """Position information. Subclasses override the one place they act; the rest are identities.
@@ -120,6 +129,9 @@ class PositionalEncoding(Component):
 
 class NoPositionalEncoding(PositionalEncoding):
     """The identity encoding of a model whose config selects no position component (attention-free)."""
+
+    def supports_context_parallel(self) -> bool:
+        return True
 
 
 @dataclass
@@ -185,6 +197,10 @@ class FeedForward(Component, ABC):
     def inactive_params(self) -> int:
         """Parameters a single token does not use (the experts it is not routed to); 0 for dense FFNs."""
         return 0
+
+    def supports_context_parallel(self) -> bool:
+        """A feed-forward network works per token: right on any shard of the sequence."""
+        return True
 
     def supports_static_decode(self) -> bool:
         """True if it has static shapes and no host sync (safe inside a captured decoding step)."""
@@ -253,3 +269,7 @@ class Router(Component, ABC):
     def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
         """Replicated: every tensor-parallel rank routes all of its (replicated) tokens the same way."""
         return {}
+
+    def supports_context_parallel(self) -> bool:
+        """Routing is per token: right on any shard of the sequence."""
+        return True

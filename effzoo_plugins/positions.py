@@ -34,6 +34,10 @@ class RotaryEncoding(PositionalEncoding):
     def init_buffers(self) -> None:
         self.inv_freq = self._inv_freq().to(self.inv_freq.device)
 
+    def supports_context_parallel(self) -> bool:
+        """Rotates each query and key by the position it is given, wherever in the sequence it sits."""
+        return True
+
     def prepare(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """float32 (cos, sin) of shape (T, rotary_dim), computed once per forward for every layer."""
         angles = positions.float()[:, None] * self.inv_freq[None, :]
@@ -151,6 +155,9 @@ class SinusoidalEncoding(PositionalEncoding):
         super().__init__()
         self.d_model = cfg.d_model
 
+    def supports_context_parallel(self) -> bool:
+        return True  # the encoding of the given positions
+
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
         half = self.d_model // 2
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
@@ -169,6 +176,9 @@ class LearnedAbsolute(PositionalEncoding):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.table = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+
+    def supports_context_parallel(self) -> bool:
+        return True  # the table rows of the given positions
 
     def check_positions(self, end: int) -> None:
         if end > self.table.num_embeddings:
@@ -189,6 +199,9 @@ class NoPosition(PositionalEncoding):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+
+    def supports_context_parallel(self) -> bool:
+        return True
 
 
 POSITION_METHODS = (("RoPE", {}), ("Absolute", {"position": "absolute"}), ("Learnable Absolute", {"position": "learned"}),

@@ -38,6 +38,10 @@ class TransformerBlock(MixerBlock):
         """The residual stream is whole on every rank; the attention and FFN declare their own splits."""
         return {}
 
+    def supports_context_parallel(self) -> bool:
+        """Norms and residuals work per token; the attention and FFN answer for themselves."""
+        return True
+
     def init_state(self, batch: int, max_len: int, device: torch.device, dtype: torch.dtype) -> Any:
         return self.mixer.init_cache(batch, max_len, device, dtype)
 

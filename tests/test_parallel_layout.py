@@ -51,6 +51,7 @@ def test_bad_layouts_fail_in_one_line_before_any_work(monkeypatch, capsys, tmp_p
 def test_context_parallel_refuses_without_cuda(monkeypatch, capsys, tmp_path):
     err = _train_error(monkeypatch, capsys, tmp_path, 2, "--cp", "2")
     assert "--cp needs CUDA" in err and "context_parallel" in err and "no CUDA device" in err
+    assert "flash, memory-efficient and cuDNN scaled_dot_product_attention" in err
     err = _train_error(monkeypatch, capsys, tmp_path, 2, "--cp", "2", "--backend", "cpu")
     assert "the cpu backend has none" in err
 

@@ -130,6 +130,7 @@ class EffzooModel(nn.Module):
         return_logits: bool = True,
         backend: str | None = None,
         positions: Tensor | None = None,
+        token_positions: Tensor | None = None,
     ) -> ModelOutput:
         """``input_ids`` (B, T); ``targets`` (B, T) are the next tokens (IGNORE_INDEX = -100 skipped).
 
@@ -137,10 +138,20 @@ class EffzooModel(nn.Module):
         with a cache, every layer writes its state at these slots and attends over the whole cache, and
         ``cache.offset`` is left to the caller; without one, the tokens attend to each other at these
         positions. Every block must ``supports_static_decode()``.
+
+        ``token_positions`` (T,), for training on a shard of longer sequences (context parallel): the
+        positions of these tokens in their sequences, in the shard's order, for the position encoding only;
+        attention stays causal among the tokens as the kernel sees them, which torch's context_parallel
+        turns into the whole sequence's causal attention. No cache; the caller keeps them within
+        ``max_seq_len`` (the embedding lookups do not check on the host).
         """
         _, length = input_ids.shape
         kv_positions = None
-        if positions is None:
+        if token_positions is not None:
+            if cache is not None or positions is not None:
+                raise ConfigError("token_positions is for training on sequence shards: no cache, no positions")
+            positions = token_positions
+        elif positions is None:
             offset = cache.offset if cache is not None else 0
             self.position.check_positions(offset + length)
             positions = torch.arange(offset, offset + length, device=input_ids.device)

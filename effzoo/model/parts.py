@@ -62,6 +62,9 @@ class RMSNorm(Component):
         """Replicated: the residual stream it normalises is whole on every tensor-parallel rank."""
         return {}
 
+    def supports_context_parallel(self) -> bool:
+        return True  # per token
+
     def install_kernels(self, device_type: str) -> list[str]:
         from ..backends.npu import import_torch_npu
 
@@ -81,6 +84,9 @@ class LayerNorm(nn.LayerNorm, Component):
     def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
         """Replicated: the residual stream it normalises is whole on every tensor-parallel rank."""
         return {}
+
+    def supports_context_parallel(self) -> bool:
+        return True  # per token
 
 
 def rmsnorm(cfg: ModelConfig, dim: int) -> RMSNorm:

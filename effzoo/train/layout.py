@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from ..config import ModelConfig
@@ -72,7 +71,7 @@ def parse_layout(name: str) -> Layout:
 
 
 def check_layout(layout: Layout, config: ModelConfig, *, backend: str, grad_accum: int, schedule: str,
-                 fsdp: bool) -> None:
+                 fsdp: bool, compile: bool | None = None, seq_len: int | None = None) -> None:
     """ConfigError, naming the cause, for a layout this model cannot run (before anything is built)."""
     if layout.pp > config.n_layers:
         raise ConfigError(f"--pp {layout.pp} is more pipeline stages than the model's {config.n_layers} layers; "
@@ -83,24 +82,18 @@ def check_layout(layout: Layout, config: ModelConfig, *, backend: str, grad_accu
     if fsdp and layout.model_parallel:
         raise ConfigError("--fsdp shards only pure data-parallel runs; with --tp/--pp/--cp the remaining "
                           "data-parallel degree is replicated (gradients averaged over the dp mesh dimension)")
-    if layout.cp > 1:
-        check_context_parallel(backend)
-    if layout.tp > 1:
+    if layout.cp > 1 or layout.tp > 1:
         from ..build import build_from_config
 
-        tensor_parallel_plans(build_from_config(config, device="meta"), layout.tp)
+        model = build_from_config(config, device="meta")
+    if layout.cp > 1:
+        from ..ops.attention import attention_backend
+        from .context_parallel import check_context_parallel
 
-
-def check_context_parallel(backend: str) -> None:
-    """Refuse CP, saying what is missing: torch's context_parallel needs CUDA, and the decoder does not yet
-    take the sharded positions it would need."""
-    if backend not in ("auto", "cuda") or not torch.cuda.is_available():
-        where = f"the {backend} backend" if backend not in ("auto", "cuda") else "this machine (no CUDA device)"
-        raise ConfigError(f"--cp needs CUDA: torch.distributed.tensor.experimental.context_parallel shards "
-                          f"scaled_dot_product_attention on CUDA only, and {where} has none; train with --cp 1")
-    raise ConfigError("--cp is not available yet on CUDA either: context_parallel shards the token ids along the "
-                      "sequence, and the decoder would need the matching shard of the positions (for RoPE) from the "
-                      "trainer, which it does not take yet; train with --cp 1")
+        check_context_parallel(model, layout.cp, backend=backend, kernel=attention_backend(config.kernel),
+                               pp=layout.pp, compile=compile, seq_len=seq_len)
+    if layout.tp > 1:
+        tensor_parallel_plans(model, layout.tp)
 
 
 def tensor_parallel_plans(model: nn.Module, tp_size: int) -> list[tuple[str, Component, dict]]:

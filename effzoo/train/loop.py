@@ -35,8 +35,9 @@ from .checkpoint import (
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_mean, env_info, gather_objects, init_distributed, setup_logging, shutdown
 from .optim import WarmupCosine, build_optimizer
+from .context_parallel import check_sequence_split
 from .layout import Layout, check_layout
-from .model_parallel import replica_loss
+from .model_parallel import micro_batch, replica_loss
 from .parallel import Parallelized, parallelize
 from .step import StepSettings, train_step
 
@@ -126,7 +127,7 @@ def train(config: TrainConfig | dict[str, Any]) -> TrainResult:
     model_config = resolve_model_config(config, dataset.vocab_size, config.seq_len)
     layout = config.layout(info.world_size)
     check_layout(layout, model_config, backend=config.backend, grad_accum=config.grad_accum,
-                 schedule=config.pp_schedule, fsdp=config.fsdp)
+                 schedule=config.pp_schedule, fsdp=config.fsdp, compile=config.compile, seq_len=config.seq_len)
     if resume_from is not None and not config.allow_model_change:
         changes = model_changes(resume_from, model_config)
         if changes:
@@ -148,6 +149,8 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
          model_config: ModelConfig, resume_from: Path | None, layout: Layout) -> TrainResult:
     out = config.out_dir
     seq_len = config.seq_len or min(adapter.default_seq_len, model_config.max_seq_len)
+    if layout.cp > 1:
+        check_sequence_split(seq_len, layout.cp)
     amp_dtype = adapter.resolve_dtype(config.dtype)
     seed_everything(config.seed, adapter)
 
@@ -156,7 +159,7 @@ def _run(config: TrainConfig, info: DistInfo, adapter: BackendAdapter, dataset: 
     kernels = adapter.prepare_model(model)
     stats = model_stats(model, seq_len)
     params, flops_per_token = int(stats["params"]), float(stats["train_flops_per_token"])
-    compiled = config.compile_on(adapter)
+    compiled = config.compile_on(adapter) and layout.cp == 1  # --cp with an explicit --compile is refused
     if layout.pp > 1 and adapter.grad_scaler(amp_dtype) is not None:
         raise ConfigError("--pp cannot scale fp16 losses inside the pipeline schedule; use --dtype bf16 or fp32")
     plan = parallelize(model, info, adapter.device, compile=compiled, fsdp=config.fsdp,
@@ -326,9 +329,10 @@ def evaluate(plan: Parallelized, dataset: Any, seq_len: int, micro: int, config:
         total += pipeline_eval_sum(plan, loader, config, adapter, amp_dtype, kernel)
     else:
         for _ in range(config.eval_batches):
-            inputs, targets = next(loader)
-            with adapter.autocast(amp_dtype):
-                total += model(inputs, targets, return_logits=False, backend=kernel).lm_loss.float()
+            with micro_batch(plan, *next(loader)) as (inputs, targets, positions):  # under CP: this rank's shard
+                with adapter.autocast(amp_dtype):
+                    total += model(inputs, targets, return_logits=False, backend=kernel,
+                                   token_positions=positions).lm_loss.float()
     model.train()
     if plan.model_parallel:
         return float(replica_loss(plan, total / config.eval_batches))

@@ -2,11 +2,14 @@
 
 Under such a layout the model is this rank's part (its TP shards, its pipeline stage) and there is no DDP
 wrapper: after backward, gradients of parameters several pipeline stages hold are summed over the ``pp``
-mesh dimension, every gradient is averaged over ``dp``, and the global norm counts each parameter once
-(TP shards summed over ``tp``, stages summed over ``pp``) before clipping.
+mesh dimension, every gradient is averaged over the ranks that hold the same parameters for other data
+(``dp``, and ``cp``, whose ranks see other parts of the same sequences), and the global norm counts each
+parameter once (TP shards summed over ``tp``, stages summed over ``pp``) before clipping. Under CP each
+micro-batch runs inside ``context_parallel.sequence_shard``, its loss the mean over this rank's tokens.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -17,6 +20,7 @@ from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, Shard
 
 from ..backends import BackendAdapter
+from .context_parallel import sequence_shard
 
 if TYPE_CHECKING:
     from .parallel import Parallelized
@@ -42,12 +46,12 @@ def model_parallel_backward(plan: "Parallelized", scaler: Any, optimizer: torch.
     else:
         loss = torch.zeros((), device=adapter.device)
         for _ in range(settings.grad_accum):
-            inputs, targets = next(batches)
-            with adapter.autocast(settings.amp_dtype):
-                output = plan.model(inputs, targets, return_logits=not settings.fused_loss,
-                                    backend=settings.kernel)
-            micro_loss = output.loss / settings.grad_accum
-            (scaler.scale(micro_loss) if scaler is not None else micro_loss).backward()
+            with micro_batch(plan, *next(batches)) as (inputs, targets, positions):
+                with adapter.autocast(settings.amp_dtype):
+                    output = plan.model(inputs, targets, return_logits=not settings.fused_loss,
+                                        backend=settings.kernel, token_positions=positions)
+                micro_loss = output.loss / settings.grad_accum
+                (scaler.scale(micro_loss) if scaler is not None else micro_loss).backward()
             loss += micro_loss.detach()
     if scaler is not None:
         scaler.unscale_(optimizer)
@@ -58,6 +62,19 @@ def model_parallel_backward(plan: "Parallelized", scaler: Any, optimizer: torch.
     loss = replica_loss(plan, loss.float())
     adapter.synchronize()
     return torch.stack([loss, norm.to(loss.device)]), time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def micro_batch(plan: "Parallelized", inputs: Tensor,
+                targets: Tensor) -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
+    """``(inputs, targets, positions)`` for the forward and backward inside: under CP this rank's shard
+    of the sequences and its tokens' positions, with attention run as ring attention; else the batch
+    as it is and no positions (the decoder's own)."""
+    if plan.layout.cp == 1:
+        yield inputs, targets, None
+        return
+    with sequence_shard(plan.mesh["cp"], inputs, targets) as shard:
+        yield shard
 
 
 def pipeline_backward(plan: "Parallelized", batches: Iterator[tuple[Tensor, Tensor]], adapter: BackendAdapter,
@@ -86,7 +103,8 @@ def replica_loss(plan: "Parallelized", loss: Tensor) -> Tensor:
 
 
 def sync_gradients(plan: "Parallelized") -> None:
-    """Sum the gradients of parameters held by several stages over ``pp``; average all over ``dp``."""
+    """Sum the gradients of parameters held by several stages over ``pp``; average all over the
+    replicas (``dp``, or the flattened ``dp_cp`` under CP)."""
     params = [p for p in plan.model.parameters() if p.requires_grad]
     if plan.layout.pp > 1:
         shared = plan.model.shared_parameters()
@@ -94,14 +112,15 @@ def sync_gradients(plan: "Parallelized") -> None:
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
         _all_reduce([local(p.grad) for p in shared], plan.group("pp"))
-    if plan.layout.dp > 1:  # every rank reduces the same list: a parameter unused in this step counts zero
+    replicas = plan.layout.dp * plan.layout.cp
+    if replicas > 1:  # every rank reduces the same list: a parameter unused in this step counts zero
         for param in params:
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
         grads = [local(p.grad) for p in params]
-        _all_reduce(grads, plan.group("dp"))
+        _all_reduce(grads, plan.group("dp_cp" if plan.layout.cp > 1 else "dp"))
         for grad in grads:
-            grad.div_(plan.layout.dp)
+            grad.div_(replicas)
 
 
 def _all_reduce(tensors: list[Tensor], group: Any) -> None:

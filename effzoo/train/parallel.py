@@ -73,6 +73,10 @@ def parallelize(model: nn.Module, info: DistInfo, device: torch.device, *, compi
 def _model_parallel(model: nn.Module, device: torch.device, layout: Layout, *, compile: bool, pp_schedule: str,
                     grad_accum: int, fused_loss: bool) -> Parallelized:
     mesh = build_mesh(layout, device.type)
+    if layout.cp > 1:  # the dp_cp replica dimension; ring attention's rotation
+        from .context_parallel import prepare
+
+        prepare(mesh)
     schedule = None
     part: nn.Module = model
     if layout.pp > 1:
