@@ -1,5 +1,6 @@
-"""Context parallel end to end (torchrun): ``--cp 2`` matches the single-process losses of the same seed and
-global batch for 5 steps, and its DCP checkpoint resumes under DP=2.
+"""Context parallel end to end (torchrun): ``--cp 2`` alone, with ``--tp 2`` and with DP=2 (activation
+checkpointing, two micro-batches) matches the single-process losses of the same seed and global batch
+for 5 steps, and a ``--cp 2`` DCP checkpoint resumes under DP=2.
 
 On CPU the runs go through ``tests/context_parallel_cpu.py``, a test-only launcher that lets torch's ring
 attention templates run the CPU flash kernel (the library refuses --cp off CUDA): the rest -- the load
@@ -75,6 +76,15 @@ def test_cp2_matches_one_process_and_resumes_under_dp2(tmp_path):
     records = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     assert [r["loss"] for r in records][3:] == pytest.approx(cp_losses[3:], rel=2e-5, abs=2e-5)
+
+
+@pytest.mark.parametrize("flags", [["--tp", "2"], ["--activation-checkpointing", "--grad-accum", "2"]],
+                         ids=["cp2-tp2", "cp2-dp2-checkpointing-accum2"])
+def test_cp2_on_four_processes_with_tp_or_dp(tmp_path, flags):
+    single = _single(tmp_path / "single", grad_accum=2 if "--grad-accum" in flags else 1)  # the same micro-batches
+    out = tmp_path / "run"
+    torchrun(out, 4, "--cp", "2", "--ckpt-every", "0", *flags)
+    assert losses(out) == pytest.approx(single.losses, **TOLERANCE)
 
 
 @pytest.mark.gpu
