@@ -159,6 +159,7 @@ class MultiHeadLatentAttention(Attention):
         self.kv_norm = make_norm(cfg, dims.kv_lora_rank)
         self.kv_up = nn.Linear(dims.kv_lora_rank, heads * (dims.nope + dims.value), bias=False)  # no bias: exact absorption
         self.out_proj = nn.Linear(heads * dims.value, cfg.d_model, bias=cfg.out_bias)
+        self.tp_split = False  # True once a tensor-parallel plan splits the heads
 
     # -- projections -------------------------------------------------------------------------
     def _queries(self, x: Tensor, ctx: MixContext) -> tuple[Tensor, Tensor]:
@@ -172,6 +173,8 @@ class MultiHeadLatentAttention(Attention):
     def _compress(self, x: Tensor, ctx: MixContext) -> Tensor:
         """(B, T, d) -> cache entries (B, 1, T, kv_lora_rank + rope): normalised latent, rotated shared key."""
         latent, k_rope = self.kv_down(x).unsqueeze(1).split([self.dims.kv_lora_rank, self.dims.rope], dim=-1)
+        if self.tp_split:  # the shared rotary key serves only this rank's heads: sum its gradient over the ranks
+            k_rope = plugin.tensor_parallel.sum_gradients(k_rope, self.kv_up.weight.device_mesh)
         return torch.cat((self.kv_norm(latent), ctx.rotate_keys(k_rope)), dim=-1)
 
     def _up_weights(self) -> tuple[Tensor, Tensor]:
@@ -229,9 +232,11 @@ class MultiHeadLatentAttention(Attention):
 
     def tensor_parallel_plan(self, tp_size: int) -> dict[str, Any] | None:
         """Head split: the query and key/value up-projections by heads (rows are head-major), the output
-        projection reduces; the latent (kv_down, kv_norm) and low-rank query input stay whole on every rank."""
+        projection reduces; the latent (kv_down, kv_norm) and low-rank query input stay whole on every rank,
+        and the shared rotary key, which each rank's heads use, has its gradient summed over the ranks."""
         tp = plugin.tensor_parallel
         tp.check_divides("mla attention", tp_size, n_heads=self.dims.n_heads)
+        self.tp_split = True
         query = "q_proj" if self.dims.q_lora_rank is None else "q_up"
         return {query: tp.colwise(), "kv_up": tp.colwise(), "out_proj": tp.rowwise()}
 
