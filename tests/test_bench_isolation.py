@@ -49,3 +49,46 @@ def test_children_get_the_idle_available_cores_not_more(monkeypatch):
     assert child_threads(None) == 2
     env = thread_env(2)
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2"
+
+
+def test_quick_cpu_suites_run_one_single_thread_child_per_idle_core(monkeypatch):
+    from effzoo.bench import runner
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runner, "_idle_cores", lambda: 4)
+    quick = BenchSettings.quick_defaults(backend="cpu")
+    assert runner.plan_children(quick) == (1, 4)
+    assert runner.plan_children(BenchSettings.quick_defaults(backend="cpu", threads=2)) == (2, 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert runner.plan_children(quick) == (3, 1)
+    assert runner.plan_children(BenchSettings(backend="cpu", threads=2)) == (2, 1)  # a real suite: one at a time
+
+
+CHILD = """
+import json, os, resource, sys, time
+spec = sys.argv[1]
+seconds = float(json.load(open(spec))["entry"]["overrides"]["busy"])
+start = time.time()
+usage = resource.getrusage(resource.RUSAGE_SELF)
+while usage.ru_utime + usage.ru_stime < seconds:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+row = {"variant": "gqa", "size": "tiny", "status": "ok", "start": start, "end": time.time()}
+json.dump(row, open(os.path.join(os.path.dirname(spec), "bench_row.json"), "w"))
+"""
+
+
+def test_parallel_children_overlap_and_each_row_has_its_own_cpu_time(tmp_path, monkeypatch):
+    import sys
+
+    from effzoo.bench import runner
+
+    entries = [Entry("attention", name, "gqa", "tiny", {"busy": busy}) for name, busy in (("A", 1.2), ("B", 0.4))]
+    monkeypatch.setattr(runner, "suite_entries", lambda *a, **k: entries)
+    monkeypatch.setattr(runner, "_idle_cores", lambda: 2)
+    monkeypatch.setattr(runner, "worker_command", lambda spec: [sys.executable, "-c", CHILD, str(spec)])
+    monkeypatch.setattr(runner, "write_report", lambda rows, out: [])
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    rows = run_suite(BenchSettings.quick_defaults(out=str(tmp_path), backend="cpu", peak_tflops=1.0, quiet=True))
+    a, b = rows
+    assert a["start"] < b["end"] and b["start"] < a["end"]  # both children ran at the same time
+    assert a["worker_cpu_s"] == pytest.approx(1.2, abs=0.3) and b["worker_cpu_s"] == pytest.approx(0.4, abs=0.3)

@@ -82,3 +82,29 @@ def test_bench_prints_plain_progress_when_not_a_terminal_and_quiet_turns_it_off(
                      r"1/1 variants done, 0 left \| ETA 0s", out)
     assert main([*args, "--quiet"]) == 0  # the finished row is reused, silently
     assert "effzoo bench:" not in capsys.readouterr().out
+
+
+def test_eta_shares_the_rest_among_the_workers():
+    clock, out = Clock(), io.StringIO()
+    progress = SuiteProgress(4, mode="plain", stream=out, interval_s=100, clock=clock, workers=2)
+    progress.begin(1, "a", total_steps=10)
+    progress.begin(2, "b", total_steps=10)
+    clock.now = 4.0
+    progress.step(5, "a")  # a: ~8 s; b has no step yet and counts as long as a
+    assert progress.eta_s() == (4.0 + 4.0 + 2 * 8.0) / 2
+    clock.now = 8.0
+    progress.step(10, "a")
+    progress.end("[1/4] a: done", name="a")  # a took 8 s; b (4 s rate unknown) and two more at 8 s
+    assert progress.eta_s() == (0.0 + 2 * 8.0) / 2
+    progress.step(4, "b")  # b: 4 of 10 steps in 8 s: 20 s in all, 12 s left
+    assert progress.eta_s() == (12.0 + 2 * 8.0) / 2
+    assert "[1/4] a: done | 1/4 variants done, 3 left" in out.getvalue()
+    terminal = Terminal()
+    bars = SuiteProgress(2, mode="bar", stream=terminal, workers=2)
+    bars.begin(1, "x", 4)
+    bars.begin(2, "y", 4)
+    bars.step(2, "y")
+    bars.end("[2/2] y: ok", name="y")
+    bars.end("[1/2] x: ok", name="x")
+    bars.close()
+    assert "[2/2] y: ok" in terminal.getvalue() and "2/2 variants" in terminal.getvalue()

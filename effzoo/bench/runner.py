@@ -13,11 +13,12 @@ import datetime
 import json
 import math
 import os
-import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -144,13 +145,12 @@ def _summary_line(row: dict[str, Any]) -> str:
 def with_peak(settings: BenchSettings, threads: int) -> BenchSettings:
     """The suite's MFU peak: ``--peak-tflops`` when given; on CPU measured here once (best of several
     matmuls on the children's thread count); elsewhere the backend's table (filled in by each child)."""
-    from ..backends import detect
     from ..build import parse_dtype
     from .speed import matmul_peak_flops
 
     if settings.peak_tflops:
         return replace(settings, peak_source="--peak-tflops")
-    if (detect() if settings.backend == "auto" else settings.backend) != "cpu":
+    if not _on_cpu(settings):
         return settings
     dtype = torch.float32 if settings.dtype in ("auto", "fp32") else parse_dtype(settings.dtype)
     previous = torch.get_num_threads()
@@ -162,19 +162,42 @@ def with_peak(settings: BenchSettings, threads: int) -> BenchSettings:
     return replace(settings, peak_tflops=flops / 1e12, peak_source=f"{how}, {threads} thread{'s' * (threads != 1)}")
 
 
-def child_threads(requested: int | None) -> int:
-    """Threads of every child: ``--threads``, else ``OMP_NUM_THREADS``, else the available cores that other
-    processes leave idle when the suite starts (one child runs at a time; the same count for all)."""
+def _idle_cores() -> int:
+    """The available cores that other processes leave idle now (at least 1)."""
     from ..cli.machine import available_cpus, plan_threads
 
+    cores = available_cpus()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return plan_threads(cores, cores, load, environ={}).threads
+
+
+def child_threads(requested: int | None) -> int:
+    """Threads of every child: ``--threads``, else ``OMP_NUM_THREADS``, else the available cores that other
+    processes leave idle when the suite starts (the same count for all)."""
     pinned = os.environ.get("OMP_NUM_THREADS", "")
     if requested:
         return requested
     if pinned.isdigit() and int(pinned) > 0:
         return int(pinned)
-    cores = available_cpus()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return plan_threads(cores, cores, load, environ={}).threads
+    return _idle_cores()
+
+
+def _on_cpu(settings: BenchSettings) -> bool:
+    from ..backends import detect
+
+    return (detect() if settings.backend == "auto" else settings.backend) == "cpu"
+
+
+def plan_children(settings: BenchSettings) -> tuple[int, int]:
+    """(threads of every child, children running at once). A quick suite on CPU runs one child per idle
+    core, one thread each (``--threads`` or ``OMP_NUM_THREADS`` sets the threads, the children share the
+    idle cores): tiny models train as fast on one thread as on two. Otherwise one child at a time with
+    :func:`child_threads`."""
+    if settings.quick and _on_cpu(settings):
+        pinned = os.environ.get("OMP_NUM_THREADS", "")
+        threads = settings.threads or (int(pinned) if pinned.isdigit() and int(pinned) > 0 else 1)
+        return threads, max(1, _idle_cores() // threads)
+    return child_threads(settings.threads), 1
 
 
 def planned_steps(settings: BenchSettings) -> int:
@@ -213,31 +236,34 @@ def _exit_reason(code: int) -> str:
 
 
 def run_isolated(entry: Entry, settings: BenchSettings, run_dir: Path, threads: int, on_step: Any = None,
-                 poll_s: float = 0.5, measure: str = DEFAULT_MEASURE) -> dict[str, Any]:
+                 poll_s: float = 0.5, measure: str = DEFAULT_MEASURE,
+                 cancel: threading.Event | None = None) -> dict[str, Any]:
     """Measure ``entry`` with ``measure`` (``module:function``, default: train, then measure decoding) in a
-    child process; its row, or a failed row naming why it failed. ``on_step(steps)`` reports training."""
+    child process; its row, or a failed row naming why it failed. ``on_step(steps)`` reports training;
+    ``cancel`` set kills the child (the suite was interrupted)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / ERROR_NAME).unlink(missing_ok=True)
     spec = write_spec(run_dir, entry, settings, threads, measure)
     log_path = run_dir / LOG_NAME
-    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    start = time.perf_counter()
     with log_path.open("ab") as log:
         child = subprocess.Popen(worker_command(spec), stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads))
         try:
             while True:
-                try:
-                    code = child.wait(timeout=poll_s)
+                pid, status, usage = os.wait4(child.pid, os.WNOHANG)  # this child's own CPU time
+                if pid:
+                    code = child.returncode = os.waitstatus_to_exitcode(status)
                     break
-                except subprocess.TimeoutExpired:
-                    if on_step is not None:
-                        on_step(_steps_done(run_dir))
+                time.sleep(poll_s)
+                if cancel is not None and cancel.is_set():
+                    raise KeyboardInterrupt
+                if on_step is not None:
+                    on_step(_steps_done(run_dir))
         except BaseException:  # Ctrl-C or a time limit: the child must not outlive the suite
             child.kill()
             child.wait()
             raise
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # children run one at a time: the delta is this one
-    cost = {"worker_wall_s": time.perf_counter() - start,
-            "worker_cpu_s": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime}
+    cost = {"worker_wall_s": time.perf_counter() - start, "worker_cpu_s": usage.ru_utime + usage.ru_stime}
     row_path = run_dir / ROW_NAME
     if code == 0 and row_path.exists():
         row = {**json.loads(row_path.read_text()), **cost}
@@ -250,35 +276,60 @@ def run_isolated(entry: Entry, settings: BenchSettings, run_dir: Path, threads: 
 
 
 def run_suite(settings: BenchSettings) -> list[dict[str, Any]]:
-    """Run (or continue) every entry of the suite, each in its own process, and write tables and plots
-    into ``settings.out``."""
+    """Run (or continue) every entry of the suite, each in its own process (several at once where
+    :func:`plan_children` says so), and write tables and plots into ``settings.out``."""
     out = Path(settings.out)
     entries = suite_entries(settings.suite, settings.sizes, quick=settings.quick)
     first: dict[str, Entry] = {}
     for entry in entries:  # a model in several groups (GQA) is trained once
         first.setdefault(entry.run_id, entry)
     unique = list(first.values())
-    threads = child_threads(settings.threads)
+    threads, workers = plan_children(settings)
     pending = [e for e in unique if not (out / "runs" / e.run_id / ROW_NAME).exists()]
     settings = with_peak(settings, threads) if pending else settings
-    progress = SuiteProgress(len(unique), mode=choose_mode(sys.stdout, settings.quiet))
+    progress = SuiteProgress(len(unique), mode=choose_mode(sys.stdout, settings.quiet), workers=workers)
+    lock = threading.Lock()  # progress is reported from the threads that wait for the children
+    cancel = threading.Event()
     rows_by_run: dict[str, dict[str, Any]] = {}
+
+    def run_one(index: int, entry: Entry) -> None:
+        counter = f"[{index}/{len(unique)}] {entry.run_id}"
+        with lock:
+            progress.begin(index, entry.run_id, planned_steps(settings))
+
+        def on_step(steps: int) -> None:
+            with lock:
+                progress.step(steps, entry.run_id)
+
+        row = run_isolated(entry, settings, out / "runs" / entry.run_id, threads, on_step, cancel=cancel)
+        with lock:
+            rows_by_run[entry.run_id] = row
+            summary = _summary_line(row) if row["status"] == "ok" else f"failed: {row['error']}"
+            progress.end(f"{counter}: {summary}", name=entry.run_id)
+
     try:
+        todo = []
         for index, entry in enumerate(unique, 1):
-            run_dir = out / "runs" / entry.run_id
-            row_path = run_dir / ROW_NAME
-            counter = f"[{index}/{len(unique)}] {entry.run_id}"
+            row_path = out / "runs" / entry.run_id / ROW_NAME
             if row_path.exists():
                 rows_by_run[entry.run_id] = json.loads(row_path.read_text())
-                progress.end(f"{counter}: finished earlier, reusing {row_path}", ran=False)
-                continue
-            progress.begin(index, entry.run_id, planned_steps(settings))
-            row = run_isolated(entry, settings, run_dir, threads, progress.step)
-            if row["status"] == "ok":
-                progress.end(f"{counter}: {_summary_line(row)}")
+                progress.end(f"[{index}/{len(unique)}] {entry.run_id}: finished earlier, reusing {row_path}",
+                             ran=False)
             else:
-                progress.end(f"{counter}: failed: {row['error']}")
-            rows_by_run[entry.run_id] = row
+                todo.append((index, entry))
+        if workers == 1:
+            for index, entry in todo:
+                run_one(index, entry)
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(run_one, index, entry) for index, entry in todo]
+                try:
+                    for future in futures:
+                        future.result()
+                except BaseException:  # Ctrl-C: no new child starts, the running ones are killed
+                    cancel.set()
+                    pool.shutdown(cancel_futures=True)
+                    raise
     finally:
         progress.close()
     rows = [{"group": e.group, "method": e.method, **rows_by_run[e.run_id]} for e in entries]
