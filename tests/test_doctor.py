@@ -80,6 +80,10 @@ def test_estimate_scales_the_stated_time() -> None:
     assert doctor.quick_suite_estimate(doctor.REFERENCE_PROBE_GFLOPS) == pytest.approx(doctor.QUICK_SUITE_SECONDS)
     assert doctor.quick_suite_estimate(doctor.REFERENCE_PROBE_GFLOPS / 10) == pytest.approx(
         10 * doctor.QUICK_SUITE_SECONDS)
+    one_core = doctor.quick_suite_estimate(doctor.REFERENCE_PROBE_GFLOPS, cores=1)
+    assert one_core == pytest.approx(doctor.QUICK_SUITE_SECONDS * doctor.QUICK_SUITE_CORES)
+    assert doctor.quick_suite_estimate(doctor.REFERENCE_PROBE_GFLOPS, cores=16) == pytest.approx(
+        doctor.QUICK_SUITE_SECONDS)
 
 
 def test_render_names_costs_and_a_cuda_torch_without_gpu() -> None:

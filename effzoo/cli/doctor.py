@@ -15,11 +15,12 @@ from typing import Any
 from effzoo.cli.machine import available_cpus, plan_threads
 
 CPU_TORCH = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
-# The quick suite's stated time (README): 6 min 49 s for `effzoo bench --suite all --quick` (four groups
-# 3 min 40 s, then the recall grid) on 2 idle cores of an AMD EPYC VM, torch 2.13.0 CPU, measured 2026-12-02,
-# where the probe below gave a median of 93 GFLOP/s on the one thread the effzoo command chose.
-QUICK_SUITE_SECONDS = 409.0
-REFERENCE_PROBE_GFLOPS = 93.0
+# The quick suite's stated time (README): 4 min 1 s for `effzoo bench --suite all --quick` (the four groups'
+# models two at a time, one thread each, then the recall grid's cells likewise) on 2 idle cores of an AMD EPYC
+# VM, torch 2.13.0 CPU, measured 2026-12-02, where the probe below gave a median of 204 GFLOP/s on one thread.
+QUICK_SUITE_SECONDS = 241.0
+QUICK_SUITE_CORES = 2
+REFERENCE_PROBE_GFLOPS = 204.0
 PROBE_SIZE = 512
 
 
@@ -128,9 +129,11 @@ def matmul_probe(threads: int, seconds: float, size: int = PROBE_SIZE) -> dict[s
             "median_gflops": flops / statistics.median(times) / 1e9}
 
 
-def quick_suite_estimate(median_gflops: float) -> float:
-    """Seconds the CPU quick suite should take at this probe speed (scaled from the stated time)."""
-    return QUICK_SUITE_SECONDS * REFERENCE_PROBE_GFLOPS / max(median_gflops, 1e-9)
+def quick_suite_estimate(median_gflops: float, cores: int = QUICK_SUITE_CORES) -> float:
+    """Seconds the CPU quick suite should take at this one-thread probe speed on ``cores`` idle cores (its
+    one-thread children run one per idle core), scaled from the stated time."""
+    parallel = min(max(int(cores), 1), QUICK_SUITE_CORES)
+    return QUICK_SUITE_SECONDS * REFERENCE_PROBE_GFLOPS / max(median_gflops, 1e-9) * QUICK_SUITE_CORES / parallel
 
 
 def diagnose(probe_seconds: float | None) -> dict[str, Any]:
@@ -145,8 +148,9 @@ def diagnose(probe_seconds: float | None) -> dict[str, Any]:
         "quick_suite": {"stated_seconds": QUICK_SUITE_SECONDS},
     }
     if probe_seconds is not None and report["torch"]["backend"] == "cpu":
-        probe = matmul_probe(plan.threads, probe_seconds)
-        estimate = quick_suite_estimate(probe["median_gflops"])
+        probe = matmul_probe(1, probe_seconds)  # the quick suite's children run on one thread each
+        idle_cores = plan.threads if plan.pinned_by is None else plan.cores
+        estimate = quick_suite_estimate(probe["median_gflops"], idle_cores)
         report["quick_suite"].update(probe=probe, estimate_seconds=estimate,
                                      fits=estimate <= 1.5 * QUICK_SUITE_SECONDS)
     return report
