@@ -47,7 +47,7 @@ def test_token_positions_place_a_shard_in_its_sequence():
 
 
 @pytest.mark.parametrize("variant, overrides, blocker", [
-    ("gqa", {}, None), ("mha", {}, None), ("mqa", {}, None), ("pythia", {}, None),
+    ("gqa", {}, None), ("mha", {}, None), ("mqa", {}, None), ("pythia", {}, None), ("moe", {}, None),
     ("gqa", {"position": "learned"}, None), ("gqa", {"position": "absolute"}, None), ("gqa", {"position": "none"}, None),
     ("gqa", {"position": "alibi"}, "ALiBi (at position)"),
     ("gqa", {"position": "relative"}, "RelativeBias (at position)"),

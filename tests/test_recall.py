@@ -133,9 +133,16 @@ def test_full_grid_is_zoologys():
 
 
 def test_attention_solves_the_smallest_setting():
-    """The harness check: GQA at (64, 4), d_model 64 reaches >= 0.99 (Zoology: about 1.0)."""
-    torch.manual_seed(0)
-    train, test = make_mqar(64, 4, train_examples=60_000, test_examples=500, seed=0)
-    model = build_cell_model(RecallCell("gqa", 64, 4, 64))
-    result = train_cell(model, train, test, TrainSettings(steps=800, batch_size=64), seed=0)
+    """The harness check: GQA at (64, 4), d_model 64 reaches >= 0.99 (Zoology: about 1.0), with the full
+    grid's 1,500 steps (0.9945 on one thread; 800 steps gave 0.9865-0.9925 by thread count, 1,200 0.9905).
+    One thread, so the result does not move with the machine's core count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        train, test = make_mqar(64, 4, train_examples=60_000, test_examples=500, seed=0)
+        model = build_cell_model(RecallCell("gqa", 64, 4, 64))
+        result = train_cell(model, train, test, TrainSettings(steps=1500, batch_size=64), seed=0)
+    finally:
+        torch.set_num_threads(threads)
     assert result["accuracy"] >= 0.99, result

@@ -51,6 +51,11 @@ class GroupedExperts(Component):
         """Nothing of its own: the MoE layer's plan shards the experts (ExpertParallel)."""
         return {}
 
+    def supports_context_parallel(self) -> bool:
+        """Experts work per token, so any shard of the sequence is right (the router's balance loss is
+        then each shard's, averaged over the ranks, as under data parallelism)."""
+        return True
+
     def params_per_expert(self) -> int:
         """Weights of one expert (gate, up and down projections)."""
         return (self.gate_up_proj.numel() + self.down_proj.numel()) // self.gate_up_proj.shape[0]
