@@ -308,7 +308,7 @@ def run_suite(settings: BenchSettings) -> list[dict[str, Any]]:
             progress.end(f"{counter}: {summary}", name=entry.run_id)
 
     try:
-        todo = []
+        pending = []
         for index, entry in enumerate(unique, 1):
             row_path = out / "runs" / entry.run_id / ROW_NAME
             if row_path.exists():
@@ -316,13 +316,13 @@ def run_suite(settings: BenchSettings) -> list[dict[str, Any]]:
                 progress.end(f"[{index}/{len(unique)}] {entry.run_id}: finished earlier, reusing {row_path}",
                              ran=False)
             else:
-                todo.append((index, entry))
+                pending.append((index, entry))
         if workers == 1:
-            for index, entry in todo:
+            for index, entry in pending:
                 run_one(index, entry)
         else:
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(run_one, index, entry) for index, entry in todo]
+                futures = [pool.submit(run_one, index, entry) for index, entry in pending]
                 try:
                     for future in futures:
                         future.result()
